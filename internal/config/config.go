@@ -1,0 +1,233 @@
+// Package config loads binvault's YAML configuration: strict keys, ${VAR}
+// expansion, sizes and durations, defaults, and validation whose messages
+// name the key and the fix. Secrets never appear in its errors.
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/robfig/cron/v3"
+
+	"github.com/binvault/binvault/internal/dbconn"
+)
+
+// Config is the whole file. Field tags are the YAML keys; the decoder
+// rejects any key not listed here.
+type Config struct {
+	Source    Source    `yaml:"source"`
+	Replica   *Replica  `yaml:"replica"`
+	Storage   Storage   `yaml:"storage"`
+	Spool     Spool     `yaml:"spool"`
+	Archive   Archive   `yaml:"archive"`
+	Backup    Backup    `yaml:"backup"`
+	Retention Retention `yaml:"retention"`
+	HTTP      HTTP      `yaml:"http"`
+
+	// Path is the file the configuration came from ("" for defaults).
+	Path string `yaml:"-"`
+	// secrets are the values ${VAR} expanded to, scrubbed from errors.
+	secrets []string
+}
+
+type Source struct {
+	DSN      string `yaml:"dsn"`
+	ServerID uint32 `yaml:"server_id"`
+}
+
+type Replica struct {
+	DSN string `yaml:"dsn"`
+}
+
+type Storage struct {
+	URL       string `yaml:"url"`
+	Endpoint  string `yaml:"endpoint"`
+	Region    string `yaml:"region"`
+	PathStyle bool   `yaml:"path_style"`
+}
+
+type Spool struct {
+	Dir string `yaml:"dir"`
+}
+
+type Archive struct {
+	SegmentMaxBytes Size     `yaml:"segment_max_bytes"`
+	FlushInterval   Duration `yaml:"flush_interval"`
+}
+
+type Backup struct {
+	Schedule string `yaml:"schedule"`
+}
+
+type Retention struct {
+	KeepLast   int      `yaml:"keep_last"`
+	KeepWithin Duration `yaml:"keep_within"`
+}
+
+type HTTP struct {
+	Listen string `yaml:"listen"`
+}
+
+// Default returns the configuration used for every key the file leaves out.
+// configs/binvault.example.yaml documents the same values.
+func Default() Config {
+	return Config{
+		Storage:   Storage{URL: "file:///var/lib/binvault/archive"},
+		Spool:     Spool{Dir: "/var/lib/binvault/spool"},
+		Archive:   Archive{SegmentMaxBytes: 64 * MiB, FlushInterval: Duration(time.Second)},
+		Retention: Retention{KeepLast: 7, KeepWithin: Duration(168 * time.Hour)},
+		HTTP:      HTTP{Listen: "127.0.0.1:9420"},
+	}
+}
+
+// Load reads, expands, decodes and validates the file at path.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		if os.IsNotExist(err) {
+			return nil, fmt.Errorf("config file %s does not exist: pass --config FILE or set BINVAULT_CONFIG (configs/binvault.example.yaml is a starting point)", path)
+		}
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	cfg, err := Parse(data, path, os.LookupEnv)
+	if err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// Parse decodes a configuration; lookup resolves ${VAR} references.
+func Parse(data []byte, path string, lookup func(string) (string, bool)) (*Config, error) {
+	cfg := Default()
+	cfg.Path = path
+	if err := decode(data, path, lookup, &cfg); err != nil {
+		return nil, err
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+// Validate checks every field; the first problem is returned, naming the key.
+func (c *Config) Validate() error {
+	fail := func(key, format string, args ...any) error {
+		return c.errorf("%s: %s", key, fmt.Sprintf(format, args...))
+	}
+	if c.Source.DSN == "" {
+		return fail("source.dsn", "is required: the primary to stream from, e.g. mysql://repl:${REPL_PASSWORD}@primary:3306")
+	}
+	if _, err := dbconn.Parse(c.Source.DSN); err != nil {
+		return fail("source.dsn", "%v", err)
+	}
+	if c.Source.ServerID == 0 {
+		return fail("source.server_id", "is required: a server_id no other server or replica of this primary uses, e.g. 9001")
+	}
+	if c.Replica != nil {
+		if c.Replica.DSN == "" {
+			return fail("replica.dsn", "is required when replica: is present (remove the replica: section to run without one)")
+		}
+		if _, err := dbconn.Parse(c.Replica.DSN); err != nil {
+			return fail("replica.dsn", "%v", err)
+		}
+	}
+	if err := c.validateStorage(); err != nil {
+		return err
+	}
+	if c.Spool.Dir == "" {
+		return fail("spool.dir", "is required: a local directory for the relay log, e.g. /var/lib/binvault/spool")
+	}
+	c.Spool.Dir = c.resolve(c.Spool.Dir)
+	if s := c.Archive.SegmentMaxBytes; s < 64*KiB || s > 4*GiB {
+		return fail("archive.segment_max_bytes", "%s is out of range: use between 64KiB and 4GiB (default 64MiB)", s)
+	}
+	if d := c.Archive.FlushInterval.D(); d < 100*time.Millisecond || d > time.Hour {
+		return fail("archive.flush_interval", "%s is out of range: use between 100ms and 1h (default 1s)", d)
+	}
+	if c.Backup.Schedule != "" {
+		if _, err := cron.ParseStandard(c.Backup.Schedule); err != nil {
+			return fail("backup.schedule", "%q does not parse (%v): use 5 cron fields like \"0 3 * * *\" or @daily, or leave it empty for no scheduled backups", c.Backup.Schedule, err)
+		}
+	}
+	if c.Retention.KeepLast < 1 {
+		return fail("retention.keep_last", "is %d: keep at least 1 backup (the newest is never pruned)", c.Retention.KeepLast)
+	}
+	if c.Retention.KeepWithin < 0 {
+		return fail("retention.keep_within", "must not be negative")
+	}
+	if c.HTTP.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {
+			return fail("http.listen", "%q is not host:port: use e.g. 127.0.0.1:9420, or \"\" to turn the HTTP server off", c.HTTP.Listen)
+		}
+	}
+	return nil
+}
+
+func (c *Config) validateStorage() error {
+	fail := func(key, format string, args ...any) error {
+		return c.errorf("%s: %s", key, fmt.Sprintf(format, args...))
+	}
+	s := &c.Storage
+	u, err := url.Parse(s.URL)
+	if err != nil || s.URL == "" {
+		return fail("storage.url", "%q is not a URL: use s3://bucket/prefix or file:///absolute/dir", s.URL)
+	}
+	switch u.Scheme {
+	case "file":
+		if u.Host != "" || !strings.HasPrefix(u.Path, "/") {
+			return fail("storage.url", "%q must name an absolute directory with three slashes, e.g. file:///var/lib/binvault/archive", s.URL)
+		}
+	case "s3":
+		if n := len(u.Host); n < 3 || n > 63 {
+			return fail("storage.url", "bucket %q must have 3 to 63 characters, as in s3://my-bucket/prefix", u.Host)
+		}
+		if u.User != nil {
+			return fail("storage.url", "must not carry credentials: use AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile or an IAM role")
+		}
+	default:
+		return fail("storage.url", "%q has an unsupported scheme: use s3://bucket/prefix or file:///absolute/dir", s.URL)
+	}
+	if s.Endpoint != "" {
+		e, err := url.Parse(s.Endpoint)
+		if err != nil || (e.Scheme != "http" && e.Scheme != "https") || e.Host == "" {
+			return fail("storage.endpoint", "%q is not an http(s) URL: use e.g. http://127.0.0.1:7070, or leave it out for AWS", s.Endpoint)
+		}
+		if u.Scheme != "s3" {
+			return fail("storage.endpoint", "only applies to s3:// storage URLs")
+		}
+	}
+	return nil
+}
+
+// resolve makes a relative path relative to the config file's directory.
+func (c *Config) resolve(p string) string {
+	if filepath.IsAbs(p) || c.Path == "" {
+		return p
+	}
+	return filepath.Join(filepath.Dir(c.Path), p)
+}
+
+// errorf builds a usage error prefixed with the file name, with every
+// expanded environment value scrubbed.
+func (c *Config) errorf(format string, args ...any) error {
+	msg := fmt.Sprintf(format, args...)
+	if c.Path != "" {
+		msg = c.Path + ": " + msg
+	}
+	return configError(Redact(msg, c.secrets))
+}
+
+// Redact replaces each secret in s with "***".
+func Redact(s string, secrets []string) string {
+	for _, v := range secrets {
+		if len(v) >= 3 {
+			s = strings.ReplaceAll(s, v, "***")
+		}
+	}
+	return s
+}

@@ -1,0 +1,124 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/binvault/binvault/internal/usage"
+)
+
+func env(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+}
+
+const minimal = `
+source:
+  dsn: mysql://repl:${REPL_PASSWORD}@db1:3306
+  server_id: 9001
+`
+
+func TestParseAppliesDefaultsAndExpandsEnv(t *testing.T) {
+	cfg, err := Parse([]byte(minimal), "/etc/binvault.yaml", env(map[string]string{"REPL_PASSWORD": "s3cr3t-pw"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Source.DSN != "mysql://repl:s3cr3t-pw@db1:3306" || cfg.Source.ServerID != 9001 {
+		t.Fatalf("source = %+v", cfg.Source)
+	}
+	if cfg.Archive.SegmentMaxBytes != 64*MiB || cfg.Archive.FlushInterval.D() != time.Second {
+		t.Fatalf("archive defaults = %+v", cfg.Archive)
+	}
+	if cfg.Storage.URL != "file:///var/lib/binvault/archive" || cfg.HTTP.Listen != "127.0.0.1:9420" {
+		t.Fatalf("defaults = %+v %+v", cfg.Storage, cfg.HTTP)
+	}
+	if cfg.Replica != nil {
+		t.Fatal("replica set without a replica section")
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	vars := env(map[string]string{"REPL_PASSWORD": "hunter2-secret", "API_KEY": "AKIAverysecret"})
+	cases := []struct {
+		name, yaml string
+		want       []string
+	}{
+		{"misspelt key", minimal + "archive:\n  segment_max_byte: 1MiB\n",
+			[]string{`:6: unknown key "archive.segment_max_byte"`, `did you mean "archive.segment_max_bytes"`}},
+		{"unknown section", minimal + "replicas:\n  dsn: x\n", []string{`:5: unknown key "replicas"`, `did you mean "replica"`}},
+		{"bad size", minimal + "archive:\n  segment_max_bytes: 64MB\n", []string{"archive.segment_max_bytes", "64MiB"}},
+		{"small size", minimal + "archive:\n  segment_max_bytes: 1KiB\n", []string{"archive.segment_max_bytes", "out of range"}},
+		{"bad duration", minimal + "archive:\n  flush_interval: 1 sec\n", []string{"archive.flush_interval", "not a duration"}},
+		{"bad cron", minimal + "backup:\n  schedule: \"0 25 * * *\"\n", []string{"backup.schedule", "does not parse"}},
+		{"unset env", "source:\n  dsn: mysql://u:${NOPE}@h\n  server_id: 1\n", []string{"source.dsn", "${NOPE}", "not set"}},
+		{"missing dsn", "source:\n  server_id: 1\n", []string{"source.dsn: is required"}},
+		{"missing server id", "source:\n  dsn: mysql://u@h\n", []string{"source.server_id: is required"}},
+		{"bad scheme", "source:\n  dsn: postgres://u:${REPL_PASSWORD}@h\n  server_id: 1\n", []string{"source.dsn", "mysql://"}},
+		{"bad storage", minimal + "storage:\n  url: ftp://x/y\n", []string{"storage.url", "s3://bucket/prefix"}},
+		{"short bucket", minimal + "storage:\n  url: s3://ab\n", []string{"storage.url", "3 to 63"}},
+		{"relative file url", minimal + "storage:\n  url: file://archive\n", []string{"storage.url", "absolute"}},
+		{"keep_last zero", minimal + "retention:\n  keep_last: 0\n", []string{"retention.keep_last"}},
+		{"not a number", minimal + "retention:\n  keep_last: ${API_KEY}\n", []string{"retention.keep_last", "not a whole number"}},
+		{"replica without dsn", minimal + "replica:\n  dsn: \"\"\n", []string{"replica.dsn: is required"}},
+		{"list for scalar", minimal + "http:\n  listen: [a, b]\n", []string{"http.listen", "single value"}},
+		{"bad yaml", "source: [\n", []string{"not valid YAML"}},
+		{"duplicate key", minimal + "http:\n  listen: a:1\n  listen: b:2\n", []string{"listen"}},
+		{"bad listen", minimal + "http:\n  listen: nope\n", []string{"http.listen", "host:port"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := Parse([]byte(c.yaml), "binvault.yaml", vars)
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if !usage.Is(err) {
+				t.Errorf("error is not a usage error (exit 2): %v", err)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q lacks %q", err, w)
+				}
+			}
+			for _, secret := range []string{"hunter2-secret", "AKIAverysecret"} {
+				if strings.Contains(err.Error(), secret) {
+					t.Errorf("error leaks a secret: %q", err)
+				}
+			}
+			if strings.Count(err.Error(), "\n") > 0 {
+				t.Errorf("error is not one line: %q", err)
+			}
+		})
+	}
+}
+
+func TestSecretsNeverInErrors(t *testing.T) {
+	// A literal password in a DSN, then a later error: the message must not carry it.
+	y := "source:\n  dsn: mysql://repl:Literal-Pw-123@db1:3306\n  server_id: 1\nstorage:\n  url: s3://x\n"
+	_, err := Parse([]byte(y), "c.yaml", env(nil))
+	if err == nil || strings.Contains(err.Error(), "Literal-Pw-123") {
+		t.Fatalf("err = %v", err)
+	}
+	// The password itself malformed in the URL: the DSN error must not echo it.
+	y = "source:\n  dsn: \"mysql://repl:pa%zzword@db1:3306\"\n  server_id: 1\n"
+	_, err = Parse([]byte(y), "c.yaml", env(nil))
+	if err == nil || strings.Contains(err.Error(), "pa%zzword") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestSize(t *testing.T) {
+	for in, want := range map[string]Size{"64MiB": 64 * MiB, "512KiB": 512 * KiB, "1GiB": GiB, "100": 100, "7B": 7, "2 TiB": 2 * TiB} {
+		got, err := ParseSize(in)
+		if err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "64MB", "-1", "1.5GiB", "MiB", "99999999999TiB"} {
+		if _, err := ParseSize(in); err == nil {
+			t.Errorf("ParseSize(%q) accepted", in)
+		}
+	}
+	if s := (64 * MiB).String(); s != "64MiB" {
+		t.Errorf("String = %s", s)
+	}
+}
