@@ -1,0 +1,88 @@
+// Package archive defines the archive's layout in a store: object keys, the
+// segment manifest, and the catalog that lets readers find segments without
+// listing and fetching every manifest. docs/archive-format.md is the
+// normative description; this package is its implementation.
+package archive
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/binvault/binvault/internal/binlog"
+)
+
+// FormatVersion is written into every manifest and catalog object.
+const FormatVersion = 1
+
+// Key prefixes.
+const (
+	SegmentsPrefix = "segments/"
+	CatalogPrefix  = "catalog/"
+)
+
+// SegmentKey is the object holding segment seq: a zstd-compressed binlog file.
+func SegmentKey(seq uint64) string { return fmt.Sprintf("%s%016d.binlog.zst", SegmentsPrefix, seq) }
+
+// ManifestKey is the segment's manifest, written after the segment.
+func ManifestKey(seq uint64) string { return fmt.Sprintf("%s%016d.json", SegmentsPrefix, seq) }
+
+// ParseSegmentsKey returns the seq of a segments/ key and whether it is a manifest.
+func ParseSegmentsKey(key string) (seq uint64, manifest bool, ok bool) {
+	name, found := strings.CutPrefix(key, SegmentsPrefix)
+	if !found {
+		return 0, false, false
+	}
+	num, rest, _ := strings.Cut(name, ".")
+	if len(num) != 16 {
+		return 0, false, false
+	}
+	n, err := strconv.ParseUint(num, 10, 64)
+	if err != nil {
+		return 0, false, false
+	}
+	switch rest {
+	case "json":
+		return n, true, true
+	case "binlog.zst":
+		return n, false, true
+	}
+	return 0, false, false
+}
+
+// Source identifies the primary a segment came from.
+type Source struct {
+	Flavor   string `json:"flavor"`
+	Version  string `json:"version"`
+	ServerID uint32 `json:"server_id"`
+	Hostname string `json:"hostname,omitempty"`
+	Port     int    `json:"port,omitempty"`
+}
+
+// Segment is the manifest of one segment: what it holds and where it sits
+// in the chain. Segment seq starts where seq-1 ended: Start equals the
+// previous segment's End.
+type Segment struct {
+	Format int    `json:"format"`
+	Seq    uint64 `json:"seq"`
+	Source Source `json:"source"`
+
+	Start     binlog.Position `json:"start"`
+	End       binlog.Position `json:"end"`
+	FirstGTID string          `json:"first_gtid"`
+	LastGTID  string          `json:"last_gtid"`
+	FirstTime time.Time       `json:"first_time"`
+	LastTime  time.Time       `json:"last_time"`
+	Txns      int             `json:"transactions"`
+	Tables    []string        `json:"tables,omitempty"`
+	DDL       bool            `json:"ddl"`
+
+	// The binlog file before compression.
+	Bytes  int64  `json:"bytes"`
+	SHA256 string `json:"sha256"`
+	// The stored object (see storage's checksum trailer).
+	Key          string `json:"key,omitempty"`
+	StoredBytes  int64  `json:"stored_bytes,omitempty"`
+	StoredSHA256 string `json:"stored_sha256,omitempty"`
+}

@@ -1,0 +1,310 @@
+// Package replicator streams the primary's binlog into the spool and
+// (with a replica configured) applies it to the replica.
+package replicator
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"time"
+
+	"github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/go-mysql-org/go-mysql/replication"
+
+	"github.com/binvault/binvault/internal/archive"
+	"github.com/binvault/binvault/internal/binlog"
+	"github.com/binvault/binvault/internal/dbconn"
+	"github.com/binvault/binvault/internal/metrics"
+	"github.com/binvault/binvault/internal/usage"
+)
+
+// SourceOptions configure the binlog stream.
+type SourceOptions struct {
+	DSN      dbconn.DSN
+	ServerID uint32
+	// Label is what binvault reports as its host when it registers as a
+	// replica (SHOW SLAVE HOSTS); it tells our own stale registrations
+	// apart from another replica that uses the same server_id.
+	Label string
+	// Heartbeat is the primary's heartbeat period; the link is declared dead
+	// after three missed heartbeats.
+	Heartbeat time.Duration
+	Metrics   *metrics.Metrics
+	Log       *slog.Logger
+}
+
+// Source streams from the primary into a spool.
+type Source struct {
+	opts  SourceOptions
+	spool *Spool
+	info  dbconn.ServerInfo
+}
+
+// Preflight connects to the primary over SQL and checks everything that
+// would otherwise fail later or silently: binlog settings, privileges and a
+// server_id collision. Problems the user must fix are usage errors.
+func Preflight(ctx context.Context, o SourceOptions) (dbconn.ServerInfo, archive.Source, error) {
+	db, err := dbconn.Open(ctx, "source", o.DSN)
+	if err != nil {
+		return dbconn.ServerInfo{}, archive.Source{}, err
+	}
+	defer db.Close()
+	si, err := dbconn.Inspect(ctx, db)
+	if err != nil {
+		return si, archive.Source{}, dbconn.Explain("source", o.DSN, err)
+	}
+	if p := si.SourceProblems(); len(p) > 0 {
+		return si, archive.Source{}, usage.Errorf("source %s: %s", o.DSN, p[0])
+	}
+	if si.Flavor == dbconn.MySQL && si.GTIDMode != "ON" {
+		return si, archive.Source{}, usage.Errorf("source %s: gtid_mode is %s: binvault streams by GTID; set gtid_mode=ON and enforce_gtid_consistency=ON", o.DSN, si.GTIDMode)
+	}
+	if err := checkPrivileges(ctx, db, o); err != nil {
+		return si, archive.Source{}, err
+	}
+	if si.ServerID == o.ServerID {
+		return si, archive.Source{}, usage.Errorf("source.server_id %d is the primary's own server_id: choose an id no server or replica uses", o.ServerID)
+	}
+	if err := checkServerIDFree(ctx, db, o); err != nil {
+		return si, archive.Source{}, err
+	}
+	var host string
+	db.QueryRowContext(ctx, "SELECT @@hostname").Scan(&host)
+	return si, archive.Source{Flavor: si.Flavor, Version: si.Version, ServerID: si.ServerID, Hostname: host, Port: o.DSN.Port}, nil
+}
+
+func checkPrivileges(ctx context.Context, db *sql.DB, o SourceOptions) error {
+	rows, err := db.QueryContext(ctx, "SHOW GRANTS")
+	if err != nil {
+		return dbconn.Explain("source", o.DSN, err)
+	}
+	defer rows.Close()
+	var grants []string
+	for rows.Next() {
+		var g string
+		if err := rows.Scan(&g); err != nil {
+			return err
+		}
+		grants = append(grants, strings.ToUpper(g))
+	}
+	all := strings.Join(grants, "\n")
+	has := func(privs ...string) bool {
+		for _, p := range privs {
+			if strings.Contains(all, p) {
+				return true
+			}
+		}
+		return false
+	}
+	if has("ALL PRIVILEGES", "SUPER") {
+		return nil
+	}
+	user := o.DSN.User
+	if !has("REPLICATION SLAVE", "REPLICATION REPLICA") {
+		return usage.Errorf("source user %q lacks REPLICATION SLAVE: run GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO '%s'@'<binvault host>' on the primary", user, user)
+	}
+	if !has("REPLICATION CLIENT", "BINLOG MONITOR") {
+		return usage.Errorf("source user %q lacks REPLICATION CLIENT (BINLOG MONITOR): run GRANT REPLICATION CLIENT ON *.* TO '%s'@'<binvault host>' on the primary", user, user)
+	}
+	return nil
+}
+
+// checkServerIDFree refuses a server_id that another live replica uses; the
+// primary would otherwise disconnect one of the two, again and again.
+// SHOW SLAVE HOSTS needs REPLICATION MASTER ADMIN on MariaDB: without it
+// the check is skipped and the dump-time error is the safety net.
+func checkServerIDFree(ctx context.Context, db *sql.DB, o SourceOptions) error {
+	rows, err := db.QueryContext(ctx, "SHOW SLAVE HOSTS")
+	if err != nil {
+		o.Log.Debug("cannot list the primary's replicas; skipping the server_id check", "err", err)
+		return nil
+	}
+	defer rows.Close()
+	cols, _ := rows.Columns()
+	for rows.Next() {
+		vals := make([]sql.NullString, len(cols))
+		ptrs := make([]any, len(cols))
+		for i := range vals {
+			ptrs[i] = &vals[i]
+		}
+		if err := rows.Scan(ptrs...); err != nil {
+			return nil
+		}
+		var id, host string
+		for i, c := range cols {
+			switch strings.ToLower(c) {
+			case "server_id":
+				id = vals[i].String
+			case "host":
+				host = vals[i].String
+			}
+		}
+		if id == fmt.Sprint(o.ServerID) && host != o.Label {
+			return usage.Errorf("source.server_id %d is already used by a replica of the primary (reported host %q): choose another source.server_id", o.ServerID, host)
+		}
+	}
+	return nil
+}
+
+// NewSource prepares a stream into spool; info comes from Preflight.
+func NewSource(o SourceOptions, info dbconn.ServerInfo, spool *Spool) *Source {
+	if o.Heartbeat == 0 {
+		o.Heartbeat = 2 * time.Second
+	}
+	return &Source{opts: o, spool: spool, info: info}
+}
+
+// Run streams until ctx ends (then it returns nil). Connection problems are
+// retried with backoff for as long as it takes; problems only the user can
+// fix (purged binlog, privileges, settings changed) end it with a usage error.
+func (s *Source) Run(ctx context.Context) error {
+	m := s.opts.Metrics
+	backoff := time.Second
+	for {
+		started := time.Now()
+		err := s.stream(ctx)
+		m.SourceConnected.Set(0)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if usage.Is(err) {
+			return err
+		}
+		if aerr := s.spool.Abort(); aerr != nil {
+			return fmt.Errorf("spool: %w", aerr)
+		}
+		if time.Since(started) > time.Minute {
+			backoff = time.Second
+		}
+		s.opts.Log.Warn("binlog stream interrupted; reconnecting", "err", err.Error(), "retry_in", backoff.String())
+		m.SourceReconnects.Inc()
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff + rand.N(backoff/4+1)):
+		}
+		backoff = min(backoff*2, 30*time.Second)
+	}
+}
+
+// stream runs one connection: from the spool's end to an error.
+func (s *Source) stream(ctx context.Context) error {
+	o := s.opts
+	pos, _, ok := s.spool.End()
+	if !ok {
+		return errors.New("spool has no start position")
+	}
+	set, err := binlog.ParseGTIDSet(s.info.Flavor, pos.GTIDSet)
+	if err != nil {
+		return usage.Wrap(err)
+	}
+	tlsCfg, err := o.DSN.TLSConfig()
+	if err != nil {
+		return err
+	}
+	if o.DSN.TLSMode == "preferred" {
+		tlsCfg = nil // go-mysql has no "preferred": stay plain, as the SQL driver does without server TLS
+	}
+	syncer := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
+		ServerID:                       o.ServerID,
+		Flavor:                         s.info.Flavor,
+		Host:                           o.DSN.Host,
+		Port:                           uint16(o.DSN.Port),
+		User:                           o.DSN.User,
+		Password:                       o.DSN.Password,
+		Localhost:                      o.Label,
+		TLSConfig:                      tlsCfg,
+		HeartbeatPeriod:                o.Heartbeat,
+		ReadTimeout:                    3*o.Heartbeat + 5*time.Second,
+		DisableRetrySync:               true,
+		VerifyChecksum:                 true,
+		DiscardGTIDSet:                 true,
+		EventCacheCount:                1024,
+		Logger:                         slog.New(slog.DiscardHandler),
+		RowsEventDecodeFunc:            func(e *replication.RowsEvent, data []byte) error { _, err := e.DecodeHeader(data); return err },
+		TableMapOptionalMetaDecodeFunc: func([]byte) error { return nil },
+	})
+	defer syncer.Close()
+	streamer, err := syncer.StartSyncGTID(set.Raw())
+	if err != nil {
+		return s.explain(err, pos)
+	}
+	o.Log.Info("streaming from the primary", "primary", o.DSN.String(), "from", pos.String())
+	m := o.Metrics
+	m.SourceConnected.Set(1)
+	for {
+		ev, err := s.next(ctx, streamer)
+		if err != nil {
+			return s.explain(err, pos)
+		}
+		if ev == nil {
+			continue // flush deadline: the open segment was closed
+		}
+		m.SourceEvents.Inc()
+		m.SourceBytes.Add(float64(len(ev.RawData)))
+		h := ev.Header
+		if h.EventType == replication.HEARTBEAT_EVENT || h.EventType == replication.HEARTBEAT_LOG_EVENT_V2 {
+			m.SourceSecondsBehind.Set(0)
+			continue
+		}
+		if h.Timestamp != 0 && h.Flags&replication.LOG_EVENT_ARTIFICIAL_F == 0 {
+			m.SourceSecondsBehind.Set(max(0, float64(time.Now().Unix()-int64(h.Timestamp))))
+		}
+		bev := binlog.Event{Header: binlog.ParseHeader(ev.RawData), Raw: ev.RawData, Parsed: ev.Event}
+		before := s.spool.txnCount()
+		if err := s.spool.Append(bev); err != nil {
+			return fmt.Errorf("spool: %w", err)
+		}
+		if n := s.spool.txnCount() - before; n > 0 {
+			m.SourceTransactions.Add(float64(n))
+		}
+	}
+}
+
+// next waits for an event, but no later than the open segment's flush
+// deadline, when it closes the segment and returns nil.
+func (s *Source) next(ctx context.Context, st *replication.BinlogStreamer) (*replication.BinlogEvent, error) {
+	deadline := s.spool.FlushDeadline()
+	if deadline.IsZero() {
+		return st.GetEvent(ctx)
+	}
+	dctx, cancel := context.WithDeadline(ctx, deadline)
+	ev, err := st.GetEvent(dctx)
+	cancel()
+	if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+		return nil, s.spool.Tick()
+	}
+	return ev, err
+}
+
+// explain turns stream errors into messages; the ones only the user can fix
+// become usage errors so the daemon stops instead of retrying forever.
+func (s *Source) explain(err error, pos binlog.Position) error {
+	var me *mysql.MyError
+	msg := err.Error()
+	code := uint16(0)
+	if errors.As(err, &me) {
+		code, msg = me.Code, me.Message
+	} else if strings.Contains(msg, "ERROR 1236") {
+		code = 1236
+	}
+	d := s.opts.DSN
+	switch {
+	case code == 1236 && (strings.Contains(msg, "purged") || strings.Contains(msg, "not in the master's binlog") ||
+		strings.Contains(msg, "Could not find GTID state") || strings.Contains(msg, "could not find next log")):
+		return usage.Errorf("binlog purged past %s: the primary %s no longer holds the binlog binvault must resume from; take a new backup, then move the spool aside and start with --start-from gtid:<the backup's position> (primary said: %s)", pos.GTIDSet, d, msg)
+	case code == 1236 && strings.Contains(msg, "same server"):
+		return usage.Errorf("source.server_id %d is used by another replica of %s: choose another source.server_id (primary said: %s)", s.opts.ServerID, d, msg)
+	case code == 1045 || code == 1698:
+		return usage.Errorf("source %s: access denied for user %q: check the user and password in source.dsn", d, d.User)
+	case code == 1227:
+		return usage.Errorf("source user %q lacks a privilege the binlog dump needs: GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO '%s'@'<binvault host>' (primary said: %s)", d.User, d.User, msg)
+	case code != 0:
+		return fmt.Errorf("primary %s: error %d: %s", d, code, msg)
+	}
+	return fmt.Errorf("primary %s: %w", d, err)
+}
