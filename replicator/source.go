@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/mysql"
@@ -42,6 +43,22 @@ type Source struct {
 	opts  SourceOptions
 	spool *Spool
 	info  dbconn.ServerInfo
+
+	connected     atomic.Bool
+	secondsBehind atomic.Int64
+	lastErr       atomic.Value // string
+}
+
+// Connected reports whether the binlog stream is up.
+func (s *Source) Connected() bool { return s.connected.Load() }
+
+// SecondsBehind is the newest event's age when it arrived; 0 when caught up.
+func (s *Source) SecondsBehind() int64 { return s.secondsBehind.Load() }
+
+// LastError is why the stream last broke ("" before any break).
+func (s *Source) LastError() string {
+	v, _ := s.lastErr.Load().(string)
+	return v
 }
 
 // Preflight connects to the primary over SQL and checks everything that
@@ -168,6 +185,10 @@ func (s *Source) Run(ctx context.Context) error {
 		started := time.Now()
 		err := s.stream(ctx)
 		m.SourceConnected.Set(0)
+		s.connected.Store(false)
+		if err != nil {
+			s.lastErr.Store(err.Error())
+		}
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -236,6 +257,7 @@ func (s *Source) stream(ctx context.Context) error {
 	o.Log.Info("streaming from the primary", "primary", o.DSN.String(), "from", pos.String())
 	m := o.Metrics
 	m.SourceConnected.Set(1)
+	s.connected.Store(true)
 	for {
 		ev, err := s.next(ctx, streamer)
 		if err != nil {
@@ -249,10 +271,13 @@ func (s *Source) stream(ctx context.Context) error {
 		h := ev.Header
 		if h.EventType == replication.HEARTBEAT_EVENT || h.EventType == replication.HEARTBEAT_LOG_EVENT_V2 {
 			m.SourceSecondsBehind.Set(0)
+			s.secondsBehind.Store(0)
 			continue
 		}
 		if h.Timestamp != 0 && h.Flags&replication.LOG_EVENT_ARTIFICIAL_F == 0 {
-			m.SourceSecondsBehind.Set(max(0, float64(time.Now().Unix()-int64(h.Timestamp))))
+			behind := max(0, time.Now().Unix()-int64(h.Timestamp))
+			m.SourceSecondsBehind.Set(float64(behind))
+			s.secondsBehind.Store(behind)
 		}
 		bev := binlog.Event{Header: binlog.ParseHeader(ev.RawData), Raw: ev.RawData, Parsed: ev.Event}
 		before := s.spool.txnCount()

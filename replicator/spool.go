@@ -2,6 +2,7 @@ package replicator
 
 import (
 	"bufio"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding"
 	"encoding/binary"
@@ -59,6 +60,12 @@ type Spool struct {
 	grouper binlog.Grouper
 	txnOpen bool // a transaction's events are being written
 	txns    uint64
+
+	// Consumers' progress: a closed segment is removed once the archiver
+	// has stored it and, when an applier consumes the spool too, applied it.
+	archived    uint64
+	applied     uint64
+	withApplier bool
 }
 
 // SpoolLimits says when the open segment is closed.
@@ -587,10 +594,29 @@ func (s *Spool) Closed(after uint64) []archive.Segment {
 // SegmentPath is the file of a closed segment.
 func (s *Spool) SegmentPath(seq uint64) string { return s.path(seq, ".binlog") }
 
-// Remove deletes a closed segment once every consumer is done with it.
-func (s *Spool) Remove(seq uint64) error {
+// Archived records that segments up to seq are in the store.
+func (s *Spool) Archived(seq uint64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.archived = max(s.archived, seq)
+	return s.gcLocked()
+}
+
+// gcLocked removes closed segments every consumer is done with.
+func (s *Spool) gcLocked() error {
+	done := s.archived
+	if s.withApplier {
+		done = min(done, s.applied)
+	}
+	for len(s.closed) > 0 && s.closed[0].Seq <= done {
+		if err := s.removeLocked(s.closed[0].Seq); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Spool) removeLocked(seq uint64) error {
 	for i, m := range s.closed {
 		if m.Seq == seq {
 			// Manifest first: a crash in between leaves orphan data, which
@@ -607,6 +633,59 @@ func (s *Spool) Remove(seq uint64) error {
 	}
 	return nil
 }
+
+// OldestUnarchived is the commit time of the oldest transaction in the
+// spool that the archiver has not stored yet; false when there is none.
+// Its age is the live RPO: what losing this host now would lose.
+func (s *Spool) OldestUnarchived() (time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, m := range s.closed {
+		if m.Seq > s.archived && m.Txns > 0 {
+			return m.FirstTime, true
+		}
+	}
+	if s.open != nil && s.open.meta.Txns > 0 {
+		return s.open.meta.FirstTime, true
+	}
+	return time.Time{}, false
+}
+
+// Segments is the number of closed segments still in the spool.
+func (s *Spool) Segments() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.closed)
+}
+
+// SpoolID identifies a spool directory (created once, with the directory
+// if need be): it labels binvault's registration on the primary, so a
+// stale registration of our own is not mistaken for a server_id collision.
+func SpoolID(dir string) (string, error) {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return "", fmt.Errorf("spool.dir %s: %w", dir, err)
+	}
+	p := filepath.Join(dir, "id")
+	if b, err := os.ReadFile(p); err == nil {
+		return strings.TrimSpace(string(b)), nil
+	}
+	var r [6]byte
+	if _, err := rand.Read(r[:]); err != nil {
+		return "", err
+	}
+	id := hex.EncodeToString(r[:])
+	tmp := p + ".tmp"
+	if err := os.WriteFile(tmp, []byte(id+"\n"), 0o640); err != nil {
+		return "", fmt.Errorf("spool.dir %s: %w", dir, err)
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		return "", err
+	}
+	return id, syncDir(dir)
+}
+
+// Dir is the spool directory.
+func (s *Spool) Dir() string { return s.dir }
 
 // Bytes is the spool's size on disk: closed and open segments.
 func (s *Spool) Bytes() int64 {

@@ -130,8 +130,11 @@ func (r *Reader) Next() (Event, error) {
 	if err == io.EOF {
 		return Event{}, io.EOF
 	}
-	if err != nil {
+	if err == io.ErrUnexpectedEOF {
 		return Event{}, fmt.Errorf("at offset %d (%d header bytes): %w", r.offset, n, ErrTruncated)
+	}
+	if err != nil {
+		return Event{}, fmt.Errorf("at offset %d: %w", r.offset, err)
 	}
 	h := ParseHeader(r.hdr[:])
 	if h.Size < HeaderSize || h.Size > MaxEventSize {
@@ -140,7 +143,10 @@ func (r *Reader) Next() (Event, error) {
 	raw := make([]byte, h.Size)
 	copy(raw, r.hdr[:])
 	if _, err := io.ReadFull(r.r, raw[HeaderSize:]); err != nil {
-		return Event{}, fmt.Errorf("at offset %d (event of %d bytes): %w", r.offset, h.Size, ErrTruncated)
+		if err == io.ErrUnexpectedEOF || err == io.EOF {
+			err = ErrTruncated
+		}
+		return Event{}, fmt.Errorf("at offset %d (event of %d bytes): %w", r.offset, h.Size, err)
 	}
 	ev, err := r.dec.Decode(raw)
 	if err != nil {

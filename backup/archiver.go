@@ -1,0 +1,361 @@
+// Package backup writes the archive: the archiver uploads closed spool
+// segments as verified objects and keeps the catalog; full backups and
+// retention live here too.
+package backup
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/binvault/binvault/internal/archive"
+	"github.com/binvault/binvault/internal/metrics"
+	"github.com/binvault/binvault/storage"
+)
+
+// SegmentSource is what the archiver needs of the spool.
+type SegmentSource interface {
+	// Closed returns closed segments after seq, oldest first.
+	Closed(after uint64) []archive.Segment
+	// SegmentPath is the local binlog file of a closed segment.
+	SegmentPath(seq uint64) string
+	// Changed is closed when something new is in the spool.
+	Changed() <-chan struct{}
+	// Archived tells the spool that seq is safely in the store.
+	Archived(seq uint64) error
+}
+
+// ArchiverOptions tune the archiver.
+type ArchiverOptions struct {
+	// CatalogInterval is how often uploaded manifests are gathered into a
+	// catalog object.
+	CatalogInterval time.Duration
+	Metrics         *metrics.Metrics
+	Log             *slog.Logger
+}
+
+// Archiver uploads segments in order, exactly once each, and keeps the catalog.
+type Archiver struct {
+	store storage.Store
+	src   SegmentSource
+	opts  ArchiverOptions
+
+	mu       sync.Mutex
+	uploaded uint64            // newest seq in the store
+	newest   *archive.Segment  // its manifest
+	pending  []archive.Segment // uploaded, not yet in a catalog object
+	lastCat  time.Time
+	lastErr  string
+	inited   atomic.Bool
+}
+
+// ErrConflict: the store holds a different segment under our sequence
+// number: another writer shares the storage prefix.
+var ErrConflict = errors.New("archive conflict")
+
+// NewArchiver returns an archiver; Run reads the archive's state first.
+func NewArchiver(st storage.Store, src SegmentSource, o ArchiverOptions) *Archiver {
+	if o.CatalogInterval == 0 {
+		o.CatalogInterval = time.Minute
+	}
+	return &Archiver{store: st, src: src, opts: o, lastCat: time.Now()}
+}
+
+// init learns where the archive ends and which manifests no catalog
+// object holds yet, retrying while the store is unreachable.
+func (a *Archiver) init(ctx context.Context) error {
+	backoff := time.Second
+	for {
+		ix, err := archive.Load(ctx, a.store, true)
+		if err == nil {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			if last := ix.Last(); last != nil {
+				a.uploaded, a.newest = last.Seq, last
+				a.opts.Metrics.ArchiveNewestTxnTime.Set(float64(last.LastTime.Unix()))
+			}
+			for _, s := range ix.Segments {
+				if s.Seq > ix.Catalogued {
+					a.pending = append(a.pending, s)
+				}
+			}
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		var ce *storage.ConfigError
+		if errors.As(err, &ce) {
+			return err
+		}
+		a.mu.Lock()
+		a.lastErr = err.Error()
+		a.mu.Unlock()
+		a.opts.Log.Warn("cannot read the archive's state; retrying", "err", err.Error(), "retry_in", backoff.String())
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 30*time.Second)
+	}
+}
+
+// Newest returns the newest archived segment's manifest (nil: none yet).
+func (a *Archiver) Newest() *archive.Segment {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.newest
+}
+
+// LastError is the last upload error, "" once an upload succeeds again.
+func (a *Archiver) LastError() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.lastErr
+}
+
+// Run uploads closed segments as they appear until ctx ends. It retries
+// store errors forever; only ErrConflict ends it early.
+func (a *Archiver) Run(ctx context.Context) error {
+	if err := a.init(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	a.inited.Store(true)
+	if err := a.reconcile(ctx); err != nil {
+		return err
+	}
+	tick := time.NewTicker(a.opts.CatalogInterval / 4)
+	defer tick.Stop()
+	for {
+		changed := a.src.Changed()
+		if err := a.uploadClosed(ctx, true); err != nil {
+			return err
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		if time.Since(a.lastCat) >= a.opts.CatalogInterval {
+			a.catalog(ctx)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		case <-tick.C:
+		}
+	}
+}
+
+// Drain uploads what is closed and writes the catalog, once, for shutdown.
+func (a *Archiver) Drain(ctx context.Context) error {
+	if !a.inited.Load() {
+		return errors.New("the archive's state was never read: nothing uploaded")
+	}
+	if err := a.uploadClosed(ctx, false); err != nil {
+		return err
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return a.catalog(ctx)
+}
+
+// reconcile releases spool segments that an earlier run uploaded but had
+// no time to release, after checking the store holds the same content.
+func (a *Archiver) reconcile(ctx context.Context) error {
+	for _, seg := range a.src.Closed(0) {
+		if seg.Seq > a.uploaded {
+			break
+		}
+		have, err := archive.ReadManifest(ctx, a.store, seg.Seq)
+		if err != nil {
+			return fmt.Errorf("check segment %d already archived: %w", seg.Seq, err)
+		}
+		if have.SHA256 != seg.SHA256 {
+			return fmt.Errorf("%w: %s holds segment %d with other content than the spool's (is another binvault writing to this storage.url?)", ErrConflict, a.store, seg.Seq)
+		}
+		if err := a.src.Archived(seg.Seq); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (a *Archiver) uploadClosed(ctx context.Context, retry bool) error {
+	for _, seg := range a.src.Closed(a.uploaded) {
+		backoff := time.Second
+		for {
+			err := a.upload(ctx, seg)
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				return nil
+			}
+			a.opts.Metrics.ArchiveUploadErrors.Inc()
+			a.mu.Lock()
+			a.lastErr = err.Error()
+			a.mu.Unlock()
+			if errors.Is(err, ErrConflict) || !retry {
+				return err
+			}
+			a.opts.Log.Warn("segment upload failed; retrying", "segment", seg.Seq, "err", err.Error(), "retry_in", backoff.String())
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(backoff + rand.N(backoff/4+1)):
+			}
+			backoff = min(backoff*2, 30*time.Second)
+		}
+	}
+	return nil
+}
+
+// upload stores one segment then its manifest. Both writes are
+// create-if-absent, so a retry after a crash, or a second writer, can never
+// replace what readers already trust.
+func (a *Archiver) upload(ctx context.Context, seg archive.Segment) error {
+	start := time.Now()
+	if seg.Seq != a.uploaded+1 && a.uploaded != 0 {
+		return fmt.Errorf("%w: next segment in the spool is %d but the archive ends at %d", ErrConflict, seg.Seq, a.uploaded)
+	}
+	if a.newest != nil && seg.Start.GTIDSet != a.newest.End.GTIDSet {
+		return fmt.Errorf("%w: segment %d starts at GTID %q but the archive ends at %q", ErrConflict, seg.Seq, seg.Start.GTIDSet, a.newest.End.GTIDSet)
+	}
+	key := archive.SegmentKey(seg.Seq)
+	zsum, zsize, err := a.putSegment(ctx, key, seg)
+	if errors.Is(err, storage.ErrExists) {
+		err = a.resolveExisting(ctx, key, seg, zsum)
+	}
+	if err != nil {
+		return err
+	}
+	seg.Key, seg.StoredBytes, seg.StoredSHA256 = key, zsize, zsum
+	body, _ := json.MarshalIndent(seg, "", "  ")
+	if _, err := a.store.PutIfAbsent(ctx, archive.ManifestKey(seg.Seq), bytes.NewReader(body)); err != nil {
+		if !errors.Is(err, storage.ErrExists) {
+			return fmt.Errorf("upload manifest %d: %w", seg.Seq, err)
+		}
+		have, rerr := archive.ReadManifest(ctx, a.store, seg.Seq)
+		if rerr != nil {
+			return fmt.Errorf("read existing manifest %d: %w", seg.Seq, rerr)
+		}
+		if have.SHA256 != seg.SHA256 {
+			return fmt.Errorf("%w: %s already holds segment %d with other content (is another binvault writing to this storage.url?)", ErrConflict, a.store, seg.Seq)
+		}
+	}
+	if err := a.src.Archived(seg.Seq); err != nil {
+		return err
+	}
+	m := a.opts.Metrics
+	m.ArchiveSegments.Inc()
+	m.ArchiveTransactions.Add(float64(seg.Txns))
+	m.ArchiveBytes.Add(float64(zsize))
+	m.ArchiveNewestTxnTime.Set(float64(seg.LastTime.Unix()))
+	m.ArchiveUploadDuration.Observe(time.Since(start).Seconds())
+	a.mu.Lock()
+	a.uploaded, a.newest, a.lastErr = seg.Seq, &seg, ""
+	a.pending = append(a.pending, seg)
+	a.mu.Unlock()
+	a.opts.Log.Debug("segment archived", "segment", seg.Seq, "transactions", seg.Txns, "bytes", seg.Bytes, "stored_bytes", zsize, "last_gtid", seg.LastGTID)
+	return nil
+}
+
+// putSegment streams the spool file through zstd into the store, checking
+// on the way that the file still has the digest recorded when it was closed.
+func (a *Archiver) putSegment(ctx context.Context, key string, seg archive.Segment) (sum string, size int64, err error) {
+	f, err := os.Open(a.src.SegmentPath(seg.Seq))
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Close()
+	pr, pw := io.Pipe()
+	raw := sha256.New()
+	compressed := sha256.New()
+	counter := &countWriter{}
+	go func() {
+		enc, _ := zstd.NewWriter(io.MultiWriter(pw, compressed, counter), zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedDefault))
+		_, err := io.Copy(enc, io.TeeReader(f, raw))
+		if cerr := enc.Close(); err == nil {
+			err = cerr
+		}
+		if err == nil && hex.EncodeToString(raw.Sum(nil)) != seg.SHA256 {
+			err = fmt.Errorf("spool file %s no longer matches its recorded SHA-256: local disk damage; move the spool aside and restart to re-stream from the archive's end", a.src.SegmentPath(seg.Seq))
+		}
+		pw.CloseWithError(err)
+	}()
+	_, err = a.store.PutIfAbsent(ctx, key, pr)
+	pr.CloseWithError(errors.New("upload ended"))
+	sum = hex.EncodeToString(compressed.Sum(nil))
+	return sum, counter.n, err
+}
+
+// resolveExisting decides what an existing segment object means: our own
+// earlier upload (same bytes: zstd output is deterministic at concurrency
+// 1), a stale orphan of a crashed run without manifest (replaced), or a
+// conflict.
+func (a *Archiver) resolveExisting(ctx context.Context, key string, seg archive.Segment, zsum string) error {
+	oi, err := a.store.Stat(ctx, key)
+	if err != nil {
+		return fmt.Errorf("stat existing %s: %w", key, err)
+	}
+	if oi.SHA256 == zsum {
+		return nil
+	}
+	if _, err := a.store.Stat(ctx, archive.ManifestKey(seg.Seq)); err == nil {
+		return fmt.Errorf("%w: %s already holds segment %d with other content (is another binvault writing to this storage.url?)", ErrConflict, a.store, seg.Seq)
+	}
+	if !oi.ModTime.IsZero() && time.Since(oi.ModTime) < 2*time.Minute {
+		return fmt.Errorf("%w: %s holds a fresh, different segment %d without manifest: another binvault may be writing to this storage.url", ErrConflict, a.store, seg.Seq)
+	}
+	a.opts.Log.Warn("replacing an orphaned segment object left by an interrupted run", "key", key)
+	if err := a.store.Delete(ctx, key); err != nil {
+		return err
+	}
+	_, _, err = a.putSegment(ctx, key, seg)
+	return err
+}
+
+// catalog writes the pending manifests as a level-1 catalog object, then
+// merges full runs of one level into the next.
+func (a *Archiver) catalog(ctx context.Context) error {
+	a.mu.Lock()
+	pending := append([]archive.Segment(nil), a.pending...)
+	a.mu.Unlock()
+	a.lastCat = time.Now()
+	if len(pending) == 0 {
+		return nil
+	}
+	if _, err := archive.WriteCatalog(ctx, a.store, 1, pending); err != nil {
+		a.opts.Log.Warn("catalog write failed; will retry", "err", err.Error())
+		return err
+	}
+	a.mu.Lock()
+	a.pending = a.pending[len(pending):]
+	a.mu.Unlock()
+	if err := archive.Compact(ctx, a.store); err != nil {
+		a.opts.Log.Warn("catalog compaction failed; will retry", "err", err.Error())
+	}
+	return nil
+}
+
+type countWriter struct{ n int64 }
+
+func (c *countWriter) Write(p []byte) (int, error) { c.n += int64(len(p)); return len(p), nil }

@@ -1,0 +1,298 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+
+	"github.com/binvault/binvault/backup"
+	"github.com/binvault/binvault/internal/archive"
+	"github.com/binvault/binvault/internal/binlog"
+	"github.com/binvault/binvault/internal/config"
+	"github.com/binvault/binvault/internal/dbconn"
+	"github.com/binvault/binvault/internal/metrics"
+	"github.com/binvault/binvault/internal/usage"
+	"github.com/binvault/binvault/replicator"
+	"github.com/binvault/binvault/storage"
+	"github.com/binvault/binvault/storage/open"
+)
+
+// drainTimeout bounds how long a SIGTERM waits for the last uploads.
+const drainTimeout = 20 * time.Second
+
+func newRunCmd(g *globals) *cobra.Command {
+	var startFrom string
+	c := &cobra.Command{
+		Use:   "run",
+		Short: "Run the daemon: stream the binlog into the spool and archive it (stops cleanly on SIGINT/SIGTERM)",
+		Long: `run registers with the primary as a replica (GTID auto-position), writes every
+transaction to the local spool (fsync'd), and uploads closed segments to the
+store. It resumes where the spool (or, with an empty spool, the archive) ends.
+On a fresh spool and archive it starts at the primary's current position
+(@@gtid_binlog_pos), or where --start-from says.
+
+SIGINT/SIGTERM: stop streaming, close the open segment, upload what is left
+(at most 20s), exit 0.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := g.loadConfig()
+			if err != nil {
+				return err
+			}
+			return runDaemon(cmd.Context(), cfg, startFrom)
+		},
+	}
+	c.Flags().StringVar(&startFrom, "start-from", "", "with an empty spool and archive, start at this position instead of the primary's current one: gtid:SET (e.g. gtid:0-1-1000)")
+	return c
+}
+
+// daemon is one running `binvault run`.
+type daemon struct {
+	cfg      *config.Config
+	log      *slog.Logger
+	metrics  *metrics.Metrics
+	store    storage.Store
+	spool    *replicator.Spool
+	source   *replicator.Source
+	archiver *backup.Archiver
+	info     dbconn.ServerInfo
+	started  time.Time
+
+	mu        sync.Mutex
+	sourceErr string
+}
+
+func runDaemon(ctx context.Context, cfg *config.Config, startFrom string) error {
+	d := &daemon{cfg: cfg, log: slog.Default(), metrics: metrics.New(), started: time.Now()}
+	if err := d.setup(ctx, startFrom); err != nil {
+		if d.spool != nil {
+			d.spool.Close()
+		}
+		return err
+	}
+	defer d.spool.Close()
+	return d.run(ctx)
+}
+
+// setup checks everything before anything runs: a problem found here is
+// the user's to fix (exit 2).
+func (d *daemon) setup(ctx context.Context, startFrom string) error {
+	cfg := d.cfg
+	dsn, err := dbconn.Parse(cfg.Source.DSN)
+	if err != nil {
+		return usage.Errorf("source.dsn: %v", err)
+	}
+	if startFrom != "" && !strings.HasPrefix(startFrom, "gtid:") {
+		return usage.Errorf("--start-from %q: write gtid:SET, e.g. gtid:0-1-1000", startFrom)
+	}
+	d.store, err = open.Open(ctx, storeOptions(cfg))
+	if err != nil {
+		return usage.Wrap(err)
+	}
+	if ck, ok := d.store.(storage.Checker); ok {
+		if err := ck.Check(ctx); err != nil {
+			return usage.Wrap(err)
+		}
+	}
+	id, err := replicator.SpoolID(cfg.Spool.Dir)
+	if err != nil {
+		return usage.Wrap(err)
+	}
+	so := replicator.SourceOptions{DSN: dsn, ServerID: cfg.Source.ServerID, Label: "binvault-" + id, Metrics: d.metrics, Log: d.log}
+	info, src, err := replicator.Preflight(ctx, so)
+	if err != nil {
+		// The daemon cannot start without its primary: whatever the reason,
+		// the user has to act, so exit 2 with the one-line explanation.
+		return usage.Wrap(err)
+	}
+	d.info = info
+	limits := replicator.SpoolLimits{SegmentMaxBytes: int64(cfg.Archive.SegmentMaxBytes), FlushInterval: cfg.Archive.FlushInterval.D()}
+	d.spool, err = replicator.OpenSpool(cfg.Spool.Dir, info.Flavor, limits, d.log)
+	if err != nil {
+		return err
+	}
+	d.spool.SetSource(src)
+	if err := d.resolveStart(ctx, startFrom); err != nil {
+		return err
+	}
+	d.source = replicator.NewSource(so, info, d.spool)
+	d.archiver = backup.NewArchiver(d.store, d.spool, backup.ArchiverOptions{Metrics: d.metrics, Log: d.log})
+	return nil
+}
+
+// resolveStart picks where streaming begins when the spool is empty: the
+// archive's end, or --start-from, or the primary's current position.
+func (d *daemon) resolveStart(ctx context.Context, startFrom string) error {
+	pos, _, ok := d.spool.End()
+	if ok {
+		if startFrom != "" {
+			return usage.Errorf("--start-from: the spool %s already continues from %s; move the spool aside to start elsewhere", d.spool.Dir(), pos)
+		}
+		return nil
+	}
+	ix, err := archive.Load(ctx, d.store, true)
+	if err != nil {
+		return fmt.Errorf("read the archive's end in %s: %w", d.store, err)
+	}
+	if last := ix.Last(); last != nil {
+		if startFrom != "" {
+			return usage.Errorf("--start-from: the archive in %s already ends at %s; binvault continues from there (use a new storage prefix to start elsewhere)", d.store, last.End)
+		}
+		d.log.Info("continuing from the archive's end", "segment", last.Seq, "position", last.End.String())
+		return d.spool.Start(last.End, last.Seq+1)
+	}
+	start := binlog.Position{GTIDSet: d.info.GTIDPosition}
+	if startFrom != "" {
+		set := strings.TrimPrefix(startFrom, "gtid:")
+		if _, err := binlog.ParseGTIDSet(d.info.Flavor, set); err != nil {
+			return usage.Errorf("--start-from: %v", err)
+		}
+		start.GTIDSet = set
+	}
+	d.log.Info("empty spool and archive: starting", "position", start.String())
+	return d.spool.Start(start, 1)
+}
+
+func (d *daemon) run(ctx context.Context) error {
+	d.metrics.GaugeFunc("archive_rpo_seconds", "Age of the oldest streamed transaction not yet archived (0 when all are): what losing this host now would lose. Binlog timestamps have 1s resolution.", func() float64 {
+		if t, ok := d.spool.OldestUnarchived(); ok {
+			return max(0, time.Since(t).Seconds())
+		}
+		return 0
+	})
+	d.metrics.GaugeFunc("spool_bytes", "Bytes of segments in the spool (closed and open).", func() float64 { return float64(d.spool.Bytes()) })
+	d.metrics.GaugeFunc("spool_segments", "Closed segments in the spool not yet released.", func() float64 { return float64(d.spool.Segments()) })
+
+	srv, err := d.serveHTTP()
+	if err != nil {
+		return err
+	}
+	if srv != nil {
+		defer srv.Close()
+	}
+
+	streamCtx, stopStream := context.WithCancel(ctx)
+	defer stopStream()
+	archCtx, stopArch := context.WithCancel(context.Background())
+	defer stopArch()
+
+	srcDone := make(chan error, 1)
+	archDone := make(chan error, 1)
+	go func() { srcDone <- d.source.Run(streamCtx) }()
+	go func() { archDone <- d.archiver.Run(archCtx) }()
+	stateTick := time.NewTicker(time.Second)
+	defer stateTick.Stop()
+
+	var runErr error
+	sourceRunning, archRunning := true, true
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case err := <-srcDone:
+			sourceRunning = false
+			if err != nil {
+				d.mu.Lock()
+				d.sourceErr = err.Error()
+				d.mu.Unlock()
+				d.log.Error("binlog stream stopped", "err", err.Error())
+				runErr = err
+			}
+			break loop
+		case err := <-archDone:
+			archRunning = false
+			if err != nil {
+				d.log.Error("archiver stopped", "err", err.Error())
+				runErr = err
+			}
+			break loop
+		case <-stateTick.C:
+			d.writeState(true)
+		}
+	}
+	// Shutdown: stop the stream first, close the open segment at a
+	// transaction boundary, then let the archiver upload what is left.
+	stopStream()
+	if sourceRunning {
+		<-srcDone
+	}
+	if err := d.spool.Flush(); err != nil {
+		d.log.Error("closing the open segment", "err", err.Error())
+	}
+	stopArch()
+	if archRunning {
+		<-archDone
+	}
+	if runErr == nil || !errors.Is(runErr, backup.ErrConflict) {
+		dctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+		if err := d.archiver.Drain(dctx); err != nil {
+			d.log.Warn("not everything was uploaded before exit; the next run uploads the rest from the spool", "err", err.Error())
+		}
+		cancel()
+	}
+	d.writeState(false)
+	if runErr == nil {
+		d.log.Info("stopped", "position", posString(d.spool))
+	}
+	return runErr
+}
+
+func posString(s *replicator.Spool) string {
+	p, _, _ := s.End()
+	return p.String()
+}
+
+func (d *daemon) serveHTTP() (*http.Server, error) {
+	if d.cfg.HTTP.Listen == "" {
+		return nil, nil
+	}
+	ln, err := net.Listen("tcp", d.cfg.HTTP.Listen)
+	if err != nil {
+		return nil, usage.Errorf("http.listen %s: %v: choose a free address or \"\" to turn it off", d.cfg.HTTP.Listen, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(d.metrics.Registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if problems := d.unready(); len(problems) > 0 {
+			http.Error(w, strings.Join(problems, "\n"), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(ln)
+	d.log.Info("serving /metrics, /healthz, /readyz", "listen", ln.Addr().String())
+	return srv, nil
+}
+
+// unready lists why the daemon is not doing its job right now.
+func (d *daemon) unready() []string {
+	var p []string
+	st := d.state()
+	if !st.Source.Connected {
+		p = append(p, "binlog stream not connected")
+	}
+	if st.Archive.LastError != "" {
+		p = append(p, "archive: "+st.Archive.LastError)
+	}
+	return p
+}
+
+func parseDSN(raw string) (string, error) {
+	d, err := dbconn.Parse(raw)
+	if err != nil {
+		return "", err
+	}
+	return d.String(), nil
+}

@@ -1,0 +1,105 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/binvault/binvault/internal/binlog"
+)
+
+// stateFile is where a running daemon reports itself, once a second, for
+// `binvault status` (in the spool directory).
+const stateFile = "state.json"
+
+// daemonState is the daemon's self-report; status prints it as is.
+type daemonState struct {
+	UpdatedAt time.Time `json:"updated_at"`
+	PID       int       `json:"pid"`
+	Started   time.Time `json:"started"`
+	Running   bool      `json:"running"`
+	Source    struct {
+		Primary       string          `json:"primary"`
+		Connected     bool            `json:"connected"`
+		Position      binlog.Position `json:"position"`
+		SecondsBehind int64           `json:"seconds_behind"`
+		LastError     string          `json:"last_error,omitempty"`
+	} `json:"source"`
+	Spool struct {
+		Dir      string `json:"dir"`
+		Bytes    int64  `json:"bytes"`
+		Segments int    `json:"segments"`
+	} `json:"spool"`
+	Archive struct {
+		Store         string          `json:"store"`
+		Segment       uint64          `json:"segment"`
+		Position      binlog.Position `json:"position"`
+		NewestTxnTime *time.Time      `json:"newest_transaction_time,omitempty"`
+		NewestTxnAge  float64         `json:"newest_transaction_age_seconds,omitempty"`
+		RPOSeconds    float64         `json:"rpo_seconds"`
+		LastError     string          `json:"last_error,omitempty"`
+	} `json:"archive"`
+}
+
+func (d *daemon) state() daemonState {
+	var st daemonState
+	st.UpdatedAt, st.PID, st.Started, st.Running = time.Now().UTC(), os.Getpid(), d.started.UTC(), true
+	if dsn, err := parseDSN(d.cfg.Source.DSN); err == nil {
+		st.Source.Primary = dsn
+	}
+	st.Source.Connected = d.source.Connected()
+	st.Source.Position, _, _ = d.spool.End()
+	st.Source.SecondsBehind = d.source.SecondsBehind()
+	st.Source.LastError = d.source.LastError()
+	d.mu.Lock()
+	if d.sourceErr != "" {
+		st.Source.LastError = d.sourceErr
+	}
+	d.mu.Unlock()
+	st.Spool.Dir, st.Spool.Bytes, st.Spool.Segments = d.spool.Dir(), d.spool.Bytes(), d.spool.Segments()
+	st.Archive.Store = d.store.String()
+	if n := d.archiver.Newest(); n != nil {
+		st.Archive.Segment, st.Archive.Position = n.Seq, n.End
+		t := n.LastTime
+		st.Archive.NewestTxnTime = &t
+		st.Archive.NewestTxnAge = time.Since(t).Seconds()
+	}
+	if t, ok := d.spool.OldestUnarchived(); ok {
+		st.Archive.RPOSeconds = max(0, time.Since(t).Seconds())
+	}
+	st.Archive.LastError = d.archiver.LastError()
+	return st
+}
+
+func (d *daemon) writeState(running bool) {
+	st := d.state()
+	st.Running = running
+	if err := writeStateFile(d.cfg.Spool.Dir, st); err != nil {
+		d.log.Debug("cannot write the state file", "err", err.Error())
+	}
+}
+
+func writeStateFile(dir string, st daemonState) error {
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(dir, stateFile+".tmp")
+	if err := os.WriteFile(tmp, b, 0o640); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(dir, stateFile))
+}
+
+func readStateFile(dir string) (*daemonState, error) {
+	b, err := os.ReadFile(filepath.Join(dir, stateFile))
+	if err != nil {
+		return nil, err
+	}
+	var st daemonState
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}

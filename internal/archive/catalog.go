@@ -1,0 +1,315 @@
+package archive
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/binvault/binvault/storage"
+)
+
+// A catalog object lists the manifests of a contiguous run of segments, so
+// readers learn the whole archive from a handful of objects instead of
+// fetching one manifest per segment. The archiver writes one for the
+// segments of each minute or so (level 1) and merges CompactFanIn
+// contiguous objects of one level into one of the next, deleting the
+// merged ones afterwards. Readers take, among the objects they list, the
+// fewest that cover the run; segments after the last catalogued one (the
+// tail) are read from their own manifests.
+type Catalog struct {
+	Format   int       `json:"format"`
+	Level    int       `json:"level"`
+	First    uint64    `json:"first"`
+	Last     uint64    `json:"last"`
+	Segments []Segment `json:"segments"`
+}
+
+// CompactFanIn is how many catalog objects of one level make one of the next.
+const CompactFanIn = 24
+
+// CatalogKey names the catalog object of a level for segments first..last.
+func CatalogKey(level int, first, last uint64) string {
+	return fmt.Sprintf("%s%016d-%016d-L%d.json.zst", CatalogPrefix, first, last, level)
+}
+
+// ParseCatalogKey returns the range and level a catalog key covers.
+func ParseCatalogKey(key string) (ref CatalogRef, ok bool) {
+	name, found := strings.CutPrefix(key, CatalogPrefix)
+	if !found {
+		return ref, false
+	}
+	name, found = strings.CutSuffix(name, ".json.zst")
+	parts := strings.Split(name, "-")
+	if !found || len(parts) != 3 || len(parts[0]) != 16 || len(parts[1]) != 16 || !strings.HasPrefix(parts[2], "L") {
+		return ref, false
+	}
+	f, err1 := strconv.ParseUint(parts[0], 10, 64)
+	l, err2 := strconv.ParseUint(parts[1], 10, 64)
+	lv, err3 := strconv.Atoi(parts[2][1:])
+	if err1 != nil || err2 != nil || err3 != nil || l < f || lv < 1 {
+		return ref, false
+	}
+	return CatalogRef{Key: key, First: f, Last: l, Level: lv}, true
+}
+
+// CatalogRef is a catalog object known by its key.
+type CatalogRef struct {
+	Key         string
+	First, Last uint64
+	Level       int
+}
+
+// ListCatalogs returns the fewest catalog objects that cover the
+// catalogued run (larger objects win over the ones they were merged from),
+// and the objects that a larger one makes redundant.
+func ListCatalogs(ctx context.Context, st storage.Store) (cover, redundant []CatalogRef, err error) {
+	var all []CatalogRef
+	err = st.List(ctx, CatalogPrefix, func(oi storage.ObjectInfo) error {
+		if ref, ok := ParseCatalogKey(oi.Key); ok {
+			all = append(all, ref)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("list catalog: %w", err)
+	}
+	sort.Slice(all, func(i, j int) bool {
+		if all[i].First != all[j].First {
+			return all[i].First < all[j].First
+		}
+		return all[i].Last > all[j].Last
+	})
+	next := uint64(0)
+	for _, c := range all {
+		switch {
+		case len(cover) > 0 && c.Last < next:
+			redundant = append(redundant, c) // merged into an object already chosen
+		case len(cover) > 0 && c.First != next:
+			// Objects that do not join the run (a hole): ignored; the
+			// tail listing reads those segments' manifests instead.
+		default:
+			cover = append(cover, c)
+			next = c.Last + 1
+		}
+	}
+	return cover, redundant, nil
+}
+
+// ReadCatalog fetches and decodes one catalog object.
+func ReadCatalog(ctx context.Context, st storage.Store, key string) (*Catalog, error) {
+	b, err := storage.ReadAll(ctx, st, key)
+	if err != nil {
+		return nil, err
+	}
+	dec, err := zstd.NewReader(bytes.NewReader(b), zstd.WithDecoderConcurrency(1))
+	if err != nil {
+		return nil, err
+	}
+	defer dec.Close()
+	var c Catalog
+	if err := json.NewDecoder(dec).Decode(&c); err != nil {
+		return nil, fmt.Errorf("catalog %s: %w", key, err)
+	}
+	if c.Format != FormatVersion {
+		return nil, fmt.Errorf("catalog %s has format %d; this binvault reads format %d: upgrade binvault", key, c.Format, FormatVersion)
+	}
+	return &c, nil
+}
+
+// WriteCatalog stores a catalog object for segs (contiguous, ascending).
+func WriteCatalog(ctx context.Context, st storage.Store, level int, segs []Segment) (string, error) {
+	if len(segs) == 0 {
+		return "", errors.New("empty catalog")
+	}
+	c := Catalog{Format: FormatVersion, Level: level, First: segs[0].Seq, Last: segs[len(segs)-1].Seq, Segments: segs}
+	for i := 1; i < len(segs); i++ {
+		if segs[i].Seq != segs[i-1].Seq+1 {
+			return "", fmt.Errorf("catalog of non-contiguous segments %d and %d", segs[i-1].Seq, segs[i].Seq)
+		}
+	}
+	var buf bytes.Buffer
+	enc, _ := zstd.NewWriter(&buf, zstd.WithEncoderConcurrency(1))
+	if err := json.NewEncoder(enc).Encode(c); err != nil {
+		return "", err
+	}
+	if err := enc.Close(); err != nil {
+		return "", err
+	}
+	key := CatalogKey(level, c.First, c.Last)
+	if _, err := st.Put(ctx, key, &buf); err != nil {
+		return "", fmt.Errorf("write catalog: %w", err)
+	}
+	return key, nil
+}
+
+// ReadManifest fetches one segment manifest.
+func ReadManifest(ctx context.Context, st storage.Store, seq uint64) (*Segment, error) {
+	b, err := storage.ReadAll(ctx, st, ManifestKey(seq))
+	if err != nil {
+		return nil, err
+	}
+	var m Segment
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("manifest %s: %w", ManifestKey(seq), err)
+	}
+	if m.Format != FormatVersion {
+		return nil, fmt.Errorf("manifest %s has format %d; this binvault reads format %d: upgrade binvault", ManifestKey(seq), m.Format, FormatVersion)
+	}
+	if m.Seq != seq {
+		return nil, fmt.Errorf("manifest %s names segment %d", ManifestKey(seq), m.Seq)
+	}
+	return &m, nil
+}
+
+// Index is what readers know of the archive: every segment's manifest, in
+// order, and which of them the catalog covers.
+type Index struct {
+	Segments []Segment
+	// Catalogued is the last seq covered by catalog objects (0: none).
+	Catalogued uint64
+	// CatalogKeys are the catalog objects read, by level.
+	CatalogKeys []string
+	// Requests counts the store requests it took (LIST pages and GETs).
+	Requests int
+}
+
+// Last returns the newest segment, or nil for an empty archive.
+func (ix *Index) Last() *Segment {
+	if len(ix.Segments) == 0 {
+		return nil
+	}
+	return &ix.Segments[len(ix.Segments)-1]
+}
+
+// Load reads the catalog objects and the tail manifests. With tailOnly, it
+// reads only the newest catalog object (for the archive's end position).
+func Load(ctx context.Context, st storage.Store, tailOnly bool) (*Index, error) {
+	ix := &Index{}
+	cover, _, err := ListCatalogs(ctx, st)
+	if err != nil {
+		return nil, err
+	}
+	ix.Requests++
+	if tailOnly && len(cover) > 0 {
+		cover = cover[len(cover)-1:]
+	}
+	for _, c := range cover {
+		cat, err := ReadCatalog(ctx, st, c.Key)
+		if err != nil {
+			return nil, err
+		}
+		ix.Requests++
+		ix.Segments = append(ix.Segments, cat.Segments...)
+		ix.CatalogKeys = append(ix.CatalogKeys, c.Key)
+		ix.Catalogued = c.Last
+	}
+	tail, err := tailSeqs(ctx, st, ix.Catalogued)
+	if err != nil {
+		return nil, err
+	}
+	ix.Requests++
+	for _, seq := range tail {
+		m, err := ReadManifest(ctx, st, seq)
+		if err != nil {
+			return nil, err
+		}
+		ix.Requests++
+		ix.Segments = append(ix.Segments, *m)
+	}
+	return ix, nil
+}
+
+// tailSeqs lists the manifests after seq after.
+func tailSeqs(ctx context.Context, st storage.Store, after uint64) ([]uint64, error) {
+	var seqs []uint64
+	start := ""
+	if after > 0 {
+		start = ManifestKey(after)
+	}
+	err := storage.ListAfter(ctx, st, SegmentsPrefix, start, func(oi storage.ObjectInfo) error {
+		if seq, manifest, ok := ParseSegmentsKey(oi.Key); ok && manifest && seq > after {
+			seqs = append(seqs, seq)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list segments: %w", err)
+	}
+	return seqs, nil
+}
+
+// Chain checks that segments follow each other without gap or overlap and
+// returns one line per break.
+func Chain(segs []Segment) []string {
+	var problems []string
+	for i := 1; i < len(segs); i++ {
+		a, b := segs[i-1], segs[i]
+		switch {
+		case b.Seq != a.Seq+1:
+			problems = append(problems, fmt.Sprintf("segments %d and %d are not consecutive: %d missing", a.Seq, b.Seq, b.Seq-a.Seq-1))
+		case b.Start.GTIDSet != a.End.GTIDSet:
+			problems = append(problems, fmt.Sprintf("segment %d starts at GTID %q but segment %d ends at %q", b.Seq, b.Start.GTIDSet, a.Seq, a.End.GTIDSet))
+		}
+	}
+	return problems
+}
+
+// Compact merges every run of CompactFanIn catalog objects of one level
+// into one object of the next level, and deletes objects that a larger one
+// covers. The merged object is written before the small ones are deleted,
+// so readers always find the run covered.
+func Compact(ctx context.Context, st storage.Store) error {
+	for {
+		cover, redundant, err := ListCatalogs(ctx, st)
+		if err != nil {
+			return err
+		}
+		for _, r := range redundant {
+			if err := st.Delete(ctx, r.Key); err != nil {
+				return err
+			}
+		}
+		run := mergeableRun(cover)
+		if run == nil {
+			return nil
+		}
+		var segs []Segment
+		for _, r := range run {
+			c, err := ReadCatalog(ctx, st, r.Key)
+			if err != nil {
+				return err
+			}
+			segs = append(segs, c.Segments...)
+		}
+		if _, err := WriteCatalog(ctx, st, run[0].Level+1, segs); err != nil {
+			return err
+		}
+		for _, r := range run {
+			if err := st.Delete(ctx, r.Key); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// mergeableRun finds CompactFanIn consecutive objects of the same level.
+func mergeableRun(cover []CatalogRef) []CatalogRef {
+	start := 0
+	for i := 1; i <= len(cover); i++ {
+		if i == len(cover) || cover[i].Level != cover[start].Level {
+			start = i
+			continue
+		}
+		if i-start+1 == CompactFanIn {
+			return cover[start : i+1]
+		}
+	}
+	return nil
+}
