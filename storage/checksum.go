@@ -101,16 +101,16 @@ type verifyingReader struct {
 	key  string
 	rc   io.ReadCloser
 	h    hash.Hash
-	buf  []byte // bytes read but not yet released: possibly the trailer
+	buf  []byte
+	r, w int // buf[r:w] is read but not yet released: possibly the trailer
 	eof  bool
 	err  error
-	tail []byte
 }
 
 // Unframe returns a reader of the content of a framed object that verifies
 // its digest; the final Read returns a *ChecksumError on a mismatch.
 func Unframe(key string, rc io.ReadCloser) io.ReadCloser {
-	return &verifyingReader{key: key, rc: rc, h: sha256.New(), buf: make([]byte, 0, 64<<10)}
+	return &verifyingReader{key: key, rc: rc, h: sha256.New(), buf: make([]byte, 64<<10)}
 }
 
 func (v *verifyingReader) Read(p []byte) (int, error) {
@@ -119,21 +119,22 @@ func (v *verifyingReader) Read(p []byte) (int, error) {
 	}
 	for {
 		// Release whatever is certainly content: all but the last TrailerSize bytes.
-		if avail := len(v.buf) - TrailerSize; avail > 0 {
-			n := copy(p, v.buf[:avail])
+		if avail := v.w - v.r - TrailerSize; avail > 0 {
+			n := copy(p, v.buf[v.r:v.r+avail])
 			v.h.Write(p[:n])
-			v.buf = append(v.buf[:0], v.buf[n:]...)
+			v.r += n
 			return n, nil
 		}
 		if v.eof {
-			v.err = v.finish()
+			v.err = v.finish(v.buf[v.r:v.w])
 			return 0, v.err
 		}
-		if len(v.buf) == cap(v.buf) {
-			v.buf = append(v.buf, make([]byte, cap(v.buf))...)[:len(v.buf)]
-		}
-		n, err := v.rc.Read(v.buf[len(v.buf):cap(v.buf)])
-		v.buf = v.buf[:len(v.buf)+n]
+		// At most TrailerSize bytes are held back here, so moving them to
+		// the front is cheap and a small p never makes reads quadratic.
+		v.w = copy(v.buf, v.buf[v.r:v.w])
+		v.r = 0
+		n, err := v.rc.Read(v.buf[v.w:])
+		v.w += n
 		if err == io.EOF {
 			v.eof = true
 		} else if err != nil {
@@ -143,9 +144,9 @@ func (v *verifyingReader) Read(p []byte) (int, error) {
 	}
 }
 
-func (v *verifyingReader) finish() error {
+func (v *verifyingReader) finish(tail []byte) error {
 	got := hex.EncodeToString(v.h.Sum(nil))
-	want, err := DecodeTrailer(v.buf)
+	want, err := DecodeTrailer(tail)
 	if err != nil {
 		return &ChecksumError{Key: v.key, Got: got, Reason: err.Error()}
 	}

@@ -18,7 +18,11 @@ import (
 )
 
 // Store is the archive's storage. Keys are slash-separated relative paths of
-// printable ASCII without "." or ".." elements; Validate checks them.
+// printable ASCII without "." or ".." elements; ValidateKey checks them. As in
+// a file system, a key may not also be a directory of other keys ("a/b" next
+// to "a/b/c"): the file store and S3 gateways over a file system (versitygw)
+// cannot hold both, so the archive layout never needs it, and the second Put
+// fails on those backends.
 //
 // Contract shared by every implementation:
 //   - Put and PutIfAbsent are atomic: a concurrent or later reader sees the
@@ -36,7 +40,9 @@ type Store interface {
 	Put(ctx context.Context, key string, r io.Reader) (ObjectInfo, error)
 	// PutIfAbsent stores the content only if no object exists under key,
 	// and otherwise returns an error wrapping ErrExists. Among concurrent
-	// callers exactly one wins.
+	// callers exactly one wins. On S3 a retried request whose first attempt
+	// succeeded unseen also reports ErrExists: a caller that must tell
+	// compares Stat's digest with its own.
 	PutIfAbsent(ctx context.Context, key string, r io.Reader) (ObjectInfo, error)
 	// Get opens the content of key for reading.
 	Get(ctx context.Context, key string) (io.ReadCloser, error)
@@ -51,12 +57,18 @@ type Store interface {
 	String() string
 }
 
+// Checker is implemented by stores that can test, with one cheap request,
+// that they are usable as configured (for preflight checks and `status`).
+type Checker interface {
+	Check(ctx context.Context) error
+}
+
 // ObjectInfo describes one stored object.
 type ObjectInfo struct {
 	Key     string
-	Size    int64  // content bytes, without the checksum trailer
-	SHA256  string // hex digest of the content; empty from List when the backend cannot tell cheaply
-	ModTime time.Time
+	Size    int64     // content bytes, without the checksum trailer
+	SHA256  string    // hex digest of the content; empty from List when the backend cannot tell cheaply
+	ModTime time.Time // zero in what the S3 store's Put returns
 }
 
 var (
@@ -81,6 +93,22 @@ func (e *ChecksumError) Error() string {
 	}
 	return fmt.Sprintf("object %s is damaged: content SHA-256 %s, recorded %s", e.Key, e.Got, e.Want)
 }
+
+// ConfigError reports a store that cannot work as configured: wrong
+// credentials, a missing bucket or directory, no permission. Retrying won't
+// help; the message says what to fix. It is meant for exit code 2.
+type ConfigError struct {
+	Store   string // e.g. `s3 bucket "archive"`, `directory "/var/lib/binvault"`
+	Problem string
+	Fix     string
+	Err     error // the underlying error, for errors.As; not shown
+}
+
+func (e *ConfigError) Error() string {
+	return fmt.Sprintf("%s: %s: %s", e.Store, e.Problem, e.Fix)
+}
+
+func (e *ConfigError) Unwrap() error { return e.Err }
 
 // IsChecksum reports whether err is (or wraps) a *ChecksumError.
 func IsChecksum(err error) bool {
