@@ -148,6 +148,14 @@ func (s *Spool) recover() error {
 		s.setEnd(last.End)
 		s.nextSeq = last.Seq + 1
 		s.source = last.Source
+	} else {
+		var o originFile
+		if err := readJSON(filepath.Join(s.dir, originName), &o); err == nil {
+			s.setEnd(o.Position)
+			s.nextSeq = o.NextSeq
+		} else if !os.IsNotExist(err) {
+			return err
+		}
 	}
 	// At most one segment is open: the one after the last closed one.
 	for seq := range starts {
@@ -174,6 +182,17 @@ func (s *Spool) recover() error {
 		}
 	}
 	return nil
+}
+
+// originName holds where the spool continues when it holds no segment:
+// where it was started, or the end of the last segment it released. It
+// keeps a restart from re-reading the primary's current position (and
+// skipping what happened meanwhile) or re-streaming what was released.
+const originName = "origin.json"
+
+type originFile struct {
+	Position binlog.Position `json:"position"`
+	NextSeq  uint64          `json:"next_seq"`
 }
 
 // startFile is what <seq>.start.json holds.
@@ -320,7 +339,7 @@ func (s *Spool) Start(p binlog.Position, nextSeq uint64) error {
 		return fmt.Errorf("start position %s does not parse", p)
 	}
 	s.nextSeq = nextSeq
-	return nil
+	return writeJSONAtomic(s.dir, filepath.Join(s.dir, originName), originFile{Position: p, NextSeq: nextSeq})
 }
 
 // SetSource records the primary's identity for the manifests of new segments.
@@ -608,8 +627,15 @@ func (s *Spool) gcLocked() error {
 	if s.withApplier {
 		done = min(done, s.applied)
 	}
+	var released *archive.Segment
 	for len(s.closed) > 0 && s.closed[0].Seq <= done {
-		if err := s.removeLocked(s.closed[0].Seq); err != nil {
+		released = s.closed[0]
+		// The origin moves first: a crash between leaves a segment the
+		// archiver finds already stored, never a position behind the spool.
+		if err := writeJSONAtomic(s.dir, filepath.Join(s.dir, originName), originFile{Position: released.End, NextSeq: released.Seq + 1}); err != nil {
+			return err
+		}
+		if err := s.removeLocked(released.Seq); err != nil {
 			return err
 		}
 	}

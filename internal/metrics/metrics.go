@@ -19,9 +19,6 @@ type Metrics struct {
 	SourceConnected     prometheus.Gauge
 	SourceSecondsBehind prometheus.Gauge
 
-	SpoolBytes    prometheus.Gauge
-	SpoolSegments prometheus.Gauge
-
 	ArchiveSegments       prometheus.Counter
 	ArchiveTransactions   prometheus.Counter
 	ArchiveBytes          prometheus.Counter
@@ -51,8 +48,6 @@ func New() *Metrics {
 	m.SourceReconnects = counter("source_reconnects_total", "Times the binlog stream was re-established after an error.")
 	m.SourceConnected = gauge("source_connected", "1 while the binlog stream is connected.")
 	m.SourceSecondsBehind = gauge("source_seconds_behind", "Seconds between the newest event's timestamp and now when it arrived; 0 when caught up (heartbeat).")
-	m.SpoolBytes = gauge("spool_bytes", "Bytes of segments in the spool (closed and open).")
-	m.SpoolSegments = gauge("spool_segments", "Closed segments in the spool not yet removed.")
 	m.ArchiveSegments = counter("archive_segments_total", "Segments uploaded.")
 	m.ArchiveTransactions = counter("archive_transactions_total", "Transactions in uploaded segments.")
 	m.ArchiveBytes = counter("archive_bytes_total", "Compressed bytes uploaded for segments.")

@@ -115,7 +115,8 @@ func (s *S3) URL(prefix string) string {
 
 // Env is the credential environment a binvault process needs.
 func (s *S3) Env() []string {
-	return []string{"AWS_ACCESS_KEY_ID=" + s.AccessKey, "AWS_SECRET_ACCESS_KEY=" + s.SecretKey, "AWS_REGION=us-east-1"}
+	// IMDS off: a test must never reach for the cloud's metadata address.
+	return []string{"AWS_ACCESS_KEY_ID=" + s.AccessKey, "AWS_SECRET_ACCESS_KEY=" + s.SecretKey, "AWS_REGION=us-east-1", "AWS_EC2_METADATA_DISABLED=true"}
 }
 
 // Start runs the gateway (again, after Stop, on the same port and data) and
