@@ -60,7 +60,10 @@ type Store struct {
 	uploader *transfermanager.Client
 }
 
-var _ storage.Store = (*Store)(nil)
+var (
+	_ storage.Store       = (*Store)(nil)
+	_ storage.AfterLister = (*Store)(nil)
+)
 var _ storage.Checker = (*Store)(nil)
 
 // New configures a client; it sends no request (see Check).
@@ -294,7 +297,17 @@ func (s *Store) Stat(ctx context.Context, key string) (storage.ObjectInfo, error
 // List relies on S3 returning keys in byte order; with one prefix stripped
 // from all of them, the order is the keys' own.
 func (s *Store) List(ctx context.Context, prefix string, fn func(storage.ObjectInfo) error) error {
-	p := s3.NewListObjectsV2Paginator(s.client, &s3.ListObjectsV2Input{Bucket: &s.cfg.Bucket, Prefix: aws.String(s.prefix + prefix)})
+	return s.ListAfter(ctx, prefix, "", fn)
+}
+
+// ListAfter lists like List, starting after startAfter on the server
+// (StartAfter), so the newest keys of a long prefix cost one request.
+func (s *Store) ListAfter(ctx context.Context, prefix, startAfter string, fn func(storage.ObjectInfo) error) error {
+	in := &s3.ListObjectsV2Input{Bucket: &s.cfg.Bucket, Prefix: aws.String(s.prefix + prefix)}
+	if startAfter != "" {
+		in.StartAfter = aws.String(s.prefix + startAfter)
+	}
+	p := s3.NewListObjectsV2Paginator(s.client, in)
 	for p.HasMorePages() {
 		page, err := p.NextPage(ctx)
 		if err != nil {

@@ -272,6 +272,28 @@ func testList(t *testing.T, s storage.Store) {
 	if !errors.Is(err, stop) || n != 3 {
 		t.Errorf("List with fn failing at the 3rd key: %v after %d calls, want %v after 3", err, n, stop)
 	}
+
+	// ListAfter (server-side on S3, filtered elsewhere) starts strictly after a key.
+	for _, c := range []struct {
+		prefix, after string
+		want          []string
+	}{
+		{"l/k/", "l/k/0999", []string{"l/k/1000", "l/k/1001", "l/k/1002"}},
+		{"l/a", "l/a.b", []string{"l/a/b", "l/a/b0/c", "l/a/c/d", "l/a0"}},
+		{"l/", "", all},
+		{"l/", "z", nil},
+	} {
+		var got []string
+		if err := storage.ListAfter(ctx(t), s, c.prefix, c.after, func(oi storage.ObjectInfo) error {
+			got = append(got, oi.Key)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(got, c.want) {
+			t.Errorf("ListAfter(%q, %q): got %s, want %s", c.prefix, c.after, short(got), short(c.want))
+		}
+	}
 }
 
 func testPutIfAbsent(t *testing.T, s storage.Store) {
