@@ -163,14 +163,16 @@ func (d *daemon) resolveStart(ctx context.Context, startFrom string) error {
 }
 
 func (d *daemon) run(ctx context.Context) error {
-	d.metrics.GaugeFunc("archive_rpo_seconds", "Age of the oldest streamed transaction not yet archived (0 when all are): what losing this host now would lose. Binlog timestamps have 1s resolution.", func() float64 {
-		if t, ok := d.spool.OldestUnarchived(); ok {
-			return max(0, time.Since(t).Seconds())
-		}
-		return 0
+	d.metrics.RegisterSpool(metrics.SpoolGauges{
+		Bytes:    func() float64 { return float64(d.spool.Bytes()) },
+		Segments: func() float64 { return float64(d.spool.Segments()) },
+		RPO: func() float64 {
+			if t, ok := d.spool.OldestUnarchived(); ok {
+				return max(0, time.Since(t).Seconds())
+			}
+			return 0
+		},
 	})
-	d.metrics.GaugeFunc("spool_bytes", "Bytes of segments in the spool (closed and open).", func() float64 { return float64(d.spool.Bytes()) })
-	d.metrics.GaugeFunc("spool_segments", "Closed segments in the spool not yet released.", func() float64 { return float64(d.spool.Segments()) })
 
 	srv, err := d.serveHTTP()
 	if err != nil {

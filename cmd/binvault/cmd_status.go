@@ -5,10 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
+	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/binvault/binvault/internal/archive"
+	"github.com/binvault/binvault/internal/binlog"
 	"github.com/binvault/binvault/internal/config"
 	"github.com/binvault/binvault/internal/dbconn"
 	"github.com/binvault/binvault/internal/usage"
@@ -30,11 +34,40 @@ type storeStatus struct {
 	Problems  []string `json:"problems,omitempty"`
 }
 
+// daemonStatus is what the daemon last wrote to its state file.
+type daemonStatus struct {
+	StateFile string `json:"state_file"`
+	// Running: the daemon said it runs and wrote the file within
+	// daemonStaleAfter (it writes it every second).
+	Running bool `json:"running"`
+	// AgeSeconds is how long ago the daemon last wrote the file.
+	AgeSeconds float64      `json:"age_seconds,omitempty"`
+	State      *daemonState `json:"state,omitempty"`
+	Notes      []string     `json:"notes,omitempty"`
+}
+
+// archiveStatus is where the archive in the store ends.
+type archiveStatus struct {
+	// Empty: the store holds no segment yet.
+	Empty         bool             `json:"empty"`
+	NewestSegment uint64           `json:"newest_segment,omitempty"`
+	End           *binlog.Position `json:"end,omitempty"`
+	NewestTxnTime *time.Time       `json:"newest_transaction_time,omitempty"`
+	NewestTxnAge  float64          `json:"newest_transaction_age_seconds,omitempty"`
+	Problems      []string         `json:"problems,omitempty"`
+}
+
+// daemonStaleAfter: a state file older than this means the daemon that
+// wrote it is gone (killed, or its host is hung).
+const daemonStaleAfter = 10 * time.Second
+
 type statusReport struct {
-	Source  serverStatus  `json:"source"`
-	Replica *serverStatus `json:"replica,omitempty"`
-	Storage storeStatus   `json:"storage"`
-	OK      bool          `json:"ok"`
+	Source  serverStatus   `json:"source"`
+	Replica *serverStatus  `json:"replica,omitempty"`
+	Storage storeStatus    `json:"storage"`
+	Daemon  daemonStatus   `json:"daemon"`
+	Archive *archiveStatus `json:"archive,omitempty"`
+	OK      bool           `json:"ok"`
 }
 
 func newStatusCmd(g *globals) *cobra.Command {
@@ -44,8 +77,12 @@ func newStatusCmd(g *globals) *cobra.Command {
 		Short: "Check the source, replica and store, and report positions and lag",
 		Long: `status connects to the source (and the replica, if configured) and the store,
 and reports server version, flavor, binlog settings, GTID position and store
-reachability. Each problem is one line. Exit 2 when a problem is in the
-configuration or a server's settings, 1 when a service cannot be reached.`,
+reachability; what the daemon last reported in its state file (spool.dir/state.json:
+stream position, lag, spool, archive progress, and how old that report is); and
+where the archive in the store ends (newest segment, GTID position, newest
+transaction). Each problem is one line. Exit 2 when a problem is in the
+configuration or a server's settings, 1 when a service cannot be reached. A
+daemon that is not running does not change the exit code.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := g.loadConfig()
@@ -109,9 +146,61 @@ func collectStatus(ctx context.Context, cfg *config.Config) (statusReport, int) 
 		worse(err)
 	} else {
 		rep.Storage.Reachable = true
+		rep.Archive = archiveEnd(ctx, st, worse)
 	}
+	rep.Daemon = readDaemonStatus(cfg.Spool.Dir)
 	rep.OK = code == exitOK
 	return rep, code
+}
+
+// archiveEnd reads where the archive ends from the newest catalog object
+// and the manifests after it (a few requests, no full listing).
+func archiveEnd(ctx context.Context, st storage.Store, worse func(error)) *archiveStatus {
+	a := &archiveStatus{}
+	ix, err := archive.Load(ctx, st, true)
+	if err != nil {
+		err = fmt.Errorf("read the archive's end in %s: %w", st, err)
+		a.Problems = append(a.Problems, oneLine(err.Error()))
+		worse(err)
+		return a
+	}
+	a.Empty = ix.Last() == nil
+	if last := ix.Last(); last != nil {
+		a.NewestSegment = last.Seq
+		end := last.End
+		a.End = &end
+		if last.Txns > 0 {
+			t := last.LastTime
+			a.NewestTxnTime = &t
+			a.NewestTxnAge = max(0, time.Since(t).Seconds())
+		}
+	}
+	return a
+}
+
+// readDaemonStatus reads the daemon's state file from the spool directory.
+func readDaemonStatus(dir string) daemonStatus {
+	ds := daemonStatus{StateFile: filepath.Join(dir, stateFile)}
+	st, err := readStateFile(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		ds.Notes = append(ds.Notes, "no state file: the daemon (binvault run) has not run with this spool.dir")
+		return ds
+	case err != nil:
+		ds.Notes = append(ds.Notes, oneLine("cannot read the daemon's state file: "+err.Error()))
+		return ds
+	}
+	ds.State = st
+	ds.AgeSeconds = max(0, time.Since(st.UpdatedAt).Seconds())
+	ds.Running = st.Running && ds.AgeSeconds < daemonStaleAfter.Seconds()
+	if st.Running && !ds.Running {
+		ds.Notes = append(ds.Notes, fmt.Sprintf("the daemon (pid %d) last reported %s ago and is not running any more (killed or hung)", st.PID, roundDur(ds.AgeSeconds)))
+	}
+	return ds
+}
+
+func roundDur(seconds float64) time.Duration {
+	return time.Duration(seconds * float64(time.Second)).Round(100 * time.Millisecond)
 }
 
 func storeOptions(cfg *config.Config) open.Options {
@@ -172,6 +261,49 @@ func printStatus(g *globals, rep statusReport) {
 	fmt.Fprintf(g.stdout, "%-8s %s  %s\n", "storage", rep.Storage.URL, state)
 	for _, p := range rep.Storage.Problems {
 		fmt.Fprintf(g.stdout, "problem: %s\n", p)
+	}
+	if a := rep.Archive; a != nil {
+		switch {
+		case a.End != nil:
+			fmt.Fprintf(g.stdout, "%-8s newest segment %d  ends at %s", "archive", a.NewestSegment, a.End)
+			if a.NewestTxnTime != nil {
+				fmt.Fprintf(g.stdout, "  newest transaction %s (%s ago)", a.NewestTxnTime.UTC().Format(time.RFC3339), roundDur(a.NewestTxnAge))
+			}
+			fmt.Fprintln(g.stdout)
+		case a.Empty && len(a.Problems) == 0:
+			fmt.Fprintf(g.stdout, "%-8s empty\n", "archive")
+		}
+		for _, p := range a.Problems {
+			fmt.Fprintf(g.stdout, "problem: %s\n", p)
+		}
+	}
+	d := rep.Daemon
+	if st := d.State; st != nil {
+		what := "stopped"
+		if d.Running {
+			what = "running"
+		} else if st.Running {
+			what = "not running"
+		}
+		fmt.Fprintf(g.stdout, "%-8s %s (pid %d, started %s, state %s old)\n", "daemon", what, st.PID, st.Started.Format(time.RFC3339), roundDur(d.AgeSeconds))
+		conn := "disconnected"
+		if st.Source.Connected {
+			conn = "connected"
+		}
+		fmt.Fprintf(g.stdout, "%-8s stream %s  spooled to %s  %ds behind\n", "", conn, st.Source.Position, st.Source.SecondsBehind)
+		if st.Source.LastError != "" {
+			fmt.Fprintf(g.stdout, "%-8s last stream error: %s\n", "", oneLine(st.Source.LastError))
+		}
+		fmt.Fprintf(g.stdout, "%-8s spool %s in %d closed segments  archived segment %d at %s  rpo %s\n", "",
+			humanBytes(st.Spool.Bytes), st.Spool.Segments, st.Archive.Segment, st.Archive.Position, roundDur(st.Archive.RPOSeconds))
+		if st.Archive.LastError != "" {
+			fmt.Fprintf(g.stdout, "%-8s last upload error: %s\n", "", oneLine(st.Archive.LastError))
+		}
+	} else {
+		fmt.Fprintf(g.stdout, "%-8s not running\n", "daemon")
+	}
+	for _, p := range d.Notes {
+		fmt.Fprintf(g.stdout, "note: %s\n", p)
 	}
 }
 

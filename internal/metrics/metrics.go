@@ -61,7 +61,17 @@ func New() *Metrics {
 	return m
 }
 
-// GaugeFunc registers a gauge computed at scrape time.
-func (m *Metrics) GaugeFunc(name, help string, fn func() float64) {
-	m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "binvault", Name: name, Help: help}, fn))
+// SpoolGauges are read from the spool at scrape time.
+type SpoolGauges struct {
+	Bytes, Segments, RPO func() float64
+}
+
+// RegisterSpool adds the gauges computed from the spool when scraped.
+func (m *Metrics) RegisterSpool(g SpoolGauges) {
+	gf := func(name, help string, fn func() float64) {
+		m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "binvault", Name: name, Help: help}, fn))
+	}
+	gf("spool_bytes", "Bytes of segments in the spool (closed and open).", g.Bytes)
+	gf("spool_segments", "Closed segments in the spool not yet released.", g.Segments)
+	gf("archive_rpo_seconds", "Age of the oldest streamed transaction not yet archived (0 when all are): what losing this host now would lose. Binlog timestamps have 1s resolution.", g.RPO)
 }
