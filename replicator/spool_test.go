@@ -1,0 +1,265 @@
+package replicator
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/go-mysql-org/go-mysql/replication"
+
+	"github.com/binvault/binvault/internal/binlog"
+	"github.com/binvault/binvault/test/harness"
+)
+
+// primaryEvents returns the events of a real primary's binlog file: a
+// format description, then transactions (the first GTIDs are 0-S-1..).
+func primaryEvents(t *testing.T, txns int) []binlog.Event {
+	t.Helper()
+	p := harness.StartMariaDB(t, "primary", harness.MariaDBOptions{})
+	p.Exec(t, "CREATE DATABASE d; CREATE TABLE d.t (id INT PRIMARY KEY, v VARCHAR(100))")
+	for i := 0; i < txns-2; i++ { // two DDL transactions first
+		p.Exec(t, fmt.Sprintf("INSERT INTO d.t VALUES (%d, 'row %d')", i, i))
+	}
+	if err := p.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(filepath.Join(p.Dir, "data", "mariadb-bin.000001"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r, err := binlog.NewReader(f, "mariadb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var evs []binlog.Event
+	for {
+		ev, err := r.Next()
+		if err == io.EOF {
+			return evs
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		evs = append(evs, ev)
+	}
+}
+
+func openTestSpool(t *testing.T, dir string, limits SpoolLimits) *Spool {
+	t.Helper()
+	s, err := OpenSpool(dir, "mariadb", limits, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// txnEnds returns the index after the last event of each transaction.
+func txnEnds(t *testing.T, evs []binlog.Event) []int {
+	var g binlog.Grouper
+	var ends []int
+	for i, ev := range evs {
+		role, err := g.Feed(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if role == binlog.End {
+			g.Txn()
+			ends = append(ends, i+1)
+		}
+	}
+	return ends
+}
+
+func TestSpoolRecoveryTruncatesTornTail(t *testing.T) {
+	evs := primaryEvents(t, 12)
+	ends := txnEnds(t, evs)
+	if len(ends) != 12 {
+		t.Fatalf("%d transactions in the primary's binlog, want 12", len(ends))
+	}
+	big := SpoolLimits{SegmentMaxBytes: 1 << 30, FlushInterval: time.Hour}
+	for _, tc := range []struct {
+		name string
+		tear func(t *testing.T, s *Spool, path string)
+	}{
+		{"half a transaction", func(t *testing.T, s *Spool, path string) {
+			// events of the 11th transaction, without its commit
+			for _, ev := range evs[ends[9] : ends[10]-1] {
+				if err := s.Append(ev); err != nil {
+					t.Fatal(err)
+				}
+			}
+			s.Close() // flushes the partial transaction to the file, as a crash after write(2) would leave it
+		}},
+		{"half an event", func(t *testing.T, s *Spool, path string) {
+			s.Close()
+			f, _ := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+			f.Write(evs[ends[9]].Raw[:10])
+			f.Close()
+		}},
+		{"garbage", func(t *testing.T, s *Spool, path string) {
+			s.Close()
+			f, _ := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+			f.Write([]byte("this is not an event, and its size field is nonsense"))
+			f.Close()
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			s := openTestSpool(t, dir, big)
+			if err := s.Start(binlog.Position{GTIDSet: ""}, 7); err != nil {
+				t.Fatal(err)
+			}
+			for _, ev := range evs[:ends[9]] { // 10 whole transactions
+				if err := s.Append(ev); err != nil {
+					t.Fatal(err)
+				}
+			}
+			path := s.SegmentPath(7)
+			whole := fileSize(t, path)
+			want, _, _ := s.End()
+			tc.tear(t, s, path)
+			if fileSize(t, path) == whole {
+				t.Fatal("the tear did not change the file")
+			}
+
+			s = openTestSpool(t, dir, big)
+			got, next, ok := s.End()
+			if !ok || got.GTIDSet != want.GTIDSet || next != 8 {
+				t.Fatalf("after recovery End = %v, %d, %v; want %v, 8", got, next, ok, want)
+			}
+			if n := fileSize(t, path); n != whole {
+				t.Fatalf("segment is %d bytes after recovery, want %d (the last whole transaction)", n, whole)
+			}
+			// The stream resends the torn transaction whole: the segment continues cleanly.
+			for _, ev := range evs[ends[9]:] {
+				if err := s.Append(ev); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := s.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			segs := s.Closed(0)
+			if len(segs) != 1 || segs[0].Txns != 12 || segs[0].Seq != 7 {
+				t.Fatalf("closed segments: %+v", segs)
+			}
+			if got := readTxnGTIDs(t, path); len(got) != 12 || got[11] != segs[0].LastGTID {
+				t.Fatalf("segment holds %v", got)
+			}
+			s.Close()
+		})
+	}
+}
+
+func TestSpoolClosesSegmentsAtSizeAndReleasesArchivedOnes(t *testing.T) {
+	evs := primaryEvents(t, 30)
+	dir := t.TempDir()
+	s := openTestSpool(t, dir, SpoolLimits{SegmentMaxBytes: 64 << 10, FlushInterval: time.Hour})
+	s.Start(binlog.Position{}, 1)
+	// Tiny limit: the size check happens after each commit, so each segment
+	// gets at least one transaction and never a partial one.
+	s.limits.SegmentMaxBytes = 1
+	for _, ev := range evs {
+		if err := s.Append(ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	segs := s.Closed(0)
+	if len(segs) != 30 {
+		t.Fatalf("%d segments, want one per transaction (30)", len(segs))
+	}
+	for i := 1; i < len(segs); i++ {
+		if segs[i].Start.GTIDSet != segs[i-1].End.GTIDSet {
+			t.Fatalf("segment %d starts at %s, %d ended at %s", segs[i].Seq, segs[i].Start.GTIDSet, segs[i-1].Seq, segs[i-1].End.GTIDSet)
+		}
+	}
+	if err := s.Archived(20); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(s.Closed(0)); n != 10 {
+		t.Fatalf("%d segments left after archiving 20 of 30", n)
+	}
+	if _, err := os.Stat(s.SegmentPath(20)); !os.IsNotExist(err) {
+		t.Fatalf("segment 20's file still exists: %v", err)
+	}
+	s.Archived(30)
+	end, next, _ := s.End()
+	s.Close()
+	// Everything released: a restart continues from the origin, not from scratch.
+	s = openTestSpool(t, dir, SpoolLimits{SegmentMaxBytes: 1 << 20, FlushInterval: time.Hour})
+	got, gotNext, ok := s.End()
+	if !ok || got.GTIDSet != end.GTIDSet || gotNext != next {
+		t.Fatalf("after releasing everything End = %v, %d, %v; want %v, %d", got, gotNext, ok, end, next)
+	}
+}
+
+func TestSpoolClosesAtFlushIntervalAndRotation(t *testing.T) {
+	evs := primaryEvents(t, 3)
+	ends := txnEnds(t, evs)
+	s := openTestSpool(t, t.TempDir(), SpoolLimits{SegmentMaxBytes: 1 << 30, FlushInterval: 50 * time.Millisecond})
+	s.Start(binlog.Position{}, 1)
+	for _, ev := range evs[:ends[0]] {
+		s.Append(ev)
+	}
+	if len(s.Closed(0)) != 0 {
+		t.Fatal("closed before the flush interval")
+	}
+	time.Sleep(60 * time.Millisecond)
+	if err := s.Tick(); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.Closed(0)) != 1 {
+		t.Fatal("not closed at the flush interval")
+	}
+	for _, ev := range evs[ends[0]:ends[1]] {
+		s.Append(ev)
+	}
+	rot := &replication.RotateEvent{NextLogName: []byte("mariadb-bin.000002"), Position: 4}
+	if err := s.Append(binlog.Event{Header: binlog.Header{Type: replication.ROTATE_EVENT}, Parsed: rot}); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.Closed(0)) != 2 {
+		t.Fatal("a segment spans two primary binlog files")
+	}
+	s.Close()
+}
+
+func fileSize(t *testing.T, path string) int64 {
+	t.Helper()
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.Size()
+}
+
+func readTxnGTIDs(t *testing.T, path string) []string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r, err := binlog.NewReader(f, "mariadb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var g binlog.Grouper
+	var out []string
+	for {
+		ev, err := r.Next()
+		if err == io.EOF {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if role, _ := g.Feed(ev); role == binlog.End {
+			out = append(out, g.Txn().GTID)
+		}
+	}
+}
