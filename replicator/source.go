@@ -322,7 +322,14 @@ func (s *Source) explain(err error, pos binlog.Position) error {
 	case code == 1236 && (strings.Contains(msg, "purged") || strings.Contains(msg, "not in the master's binlog") ||
 		strings.Contains(msg, "Could not find GTID state") || strings.Contains(msg, "could not find next log")):
 		return usage.Errorf("binlog purged past %s: the primary %s no longer holds the binlog binvault must resume from; take a new backup, then move the spool aside and start with --start-from gtid:<the backup's position> (primary said: %s)", pos.GTIDSet, d, msg)
-	case code == 1236 && strings.Contains(msg, "same server"):
+	case code == 1236 && strings.Contains(msg, "same server"),
+		// MariaDB reports a server_id collision as ER_SLAVE_SAME_ID (4052),
+		// not 1236; without this case the daemon and the other replica
+		// kick each other off the primary forever. The primary sends it to
+		// the connection it drops because a newer one registered the same
+		// server_id; a stale dump thread of our own (after a crash) is the
+		// dropped one, never us, so 4052 always means another consumer.
+		code == 4052:
 		return usage.Errorf("source.server_id %d is used by another replica of %s: choose another source.server_id (primary said: %s)", s.opts.ServerID, d, msg)
 	case code == 1045 || code == 1698:
 		return usage.Errorf("source %s: access denied for user %q: check the user and password in source.dsn", d, d.User)

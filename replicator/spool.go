@@ -80,6 +80,7 @@ type openSegment struct {
 	w         *bufio.Writer
 	h         hash.Hash
 	committed int64  // file offset after the last whole transaction
+	durable   int64  // what readers may read: committed, once a transaction is fsync'd
 	hashState []byte // h's state at committed
 	opened    time.Time
 	meta      archive.Segment
@@ -288,7 +289,7 @@ func (s *Spool) recoverOpen(seq uint64) error {
 		f.Close()
 		return err
 	}
-	o.committed = committed
+	o.committed, o.durable = committed, committed
 	o.hashState = marshalHash(o.h)
 	o.w = bufio.NewWriterSize(f, 256<<10)
 	end.File = st.File
@@ -454,6 +455,7 @@ func (s *Spool) commitLocked(t *binlog.Txn) error {
 		return fmt.Errorf("GTID %s: %w", t.GTID, err)
 	}
 	o.committed += t.Bytes
+	o.durable = o.committed
 	o.hashState = marshalHash(o.h)
 	o.addTxn(t)
 	s.txns++
@@ -608,6 +610,33 @@ func (s *Spool) Closed(after uint64) []archive.Segment {
 		}
 	}
 	return out
+}
+
+// OpenMeta is the manifest-so-far of the segment being written.
+func (s *Spool) OpenMeta() (archive.Segment, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.open == nil {
+		return archive.Segment{}, false
+	}
+	return s.open.meta, true
+}
+
+// Locate tells where segment seq is: its file, whether it is closed, and
+// how many of its bytes hold whole transactions. ok is false when the spool
+// does not hold it (released, or not written yet).
+func (s *Spool) Locate(seq uint64) (path string, closed bool, committed int64, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.open != nil && s.open.seq == seq {
+		return s.path(seq, ".binlog"), false, s.open.durable, true
+	}
+	for _, m := range s.closed {
+		if m.Seq == seq {
+			return s.path(seq, ".binlog"), true, m.Bytes, true
+		}
+	}
+	return "", false, 0, false
 }
 
 // SegmentPath is the file of a closed segment.

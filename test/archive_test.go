@@ -27,11 +27,17 @@ type archiveSetup struct {
 
 func newArchiveSetup(t *testing.T, flush string) *archiveSetup {
 	t.Helper()
+	return newArchiveSetupWith(t, "archive:\n  segment_max_bytes: 1MiB\n  flush_interval: "+flush+"\n")
+}
+
+// newArchiveSetupWith writes the configuration sections in extra (each a
+// whole top-level section) after source, storage, spool and http.
+func newArchiveSetupWith(t *testing.T, extra ...string) *archiveSetup {
+	t.Helper()
 	p := harness.StartMariaDB(t, "primary", harness.MariaDBOptions{})
 	p.Exec(t, "SET sql_log_bin=0; CREATE USER repl@'127.0.0.1' IDENTIFIED BY 'repl-pw'; GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO repl@'127.0.0.1'")
 	s3 := harness.StartS3(t)
-	cfg := writeS3Config(t, "mysql://repl:repl-pw@"+p.Addr(), s3, "archive",
-		"archive:\n  segment_max_bytes: 1MiB\n  flush_interval: "+flush+"\n")
+	cfg := writeS3Config(t, "mysql://repl:repl-pw@"+p.Addr(), s3, "archive", extra...)
 	for _, kv := range s3.Env() {
 		k, v, _ := strings.Cut(kv, "=")
 		t.Setenv(k, v)

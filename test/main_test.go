@@ -25,11 +25,15 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binvaultBin = filepath.Join(dir, "binvault")
-	build := exec.Command("go", "build", "-o", binvaultBin, "../cmd/binvault")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build binvault:", err)
-		os.Exit(1)
+	if prebuilt := os.Getenv("BINVAULT_TEST_BINARY"); prebuilt != "" {
+		binvaultBin = prebuilt // a binary built elsewhere, e.g. from another checkout
+	} else {
+		build := exec.Command("go", "build", "-o", binvaultBin, "../cmd/binvault")
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "build binvault:", err)
+			os.Exit(1)
+		}
 	}
 	code := m.Run()
 	os.RemoveAll(dir)

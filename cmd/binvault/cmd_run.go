@@ -64,6 +64,7 @@ type daemon struct {
 	spool    *replicator.Spool
 	source   *replicator.Source
 	archiver *backup.Archiver
+	applier  *replicator.Applier // nil without a replica: section
 	info     dbconn.ServerInfo
 	started  time.Time
 
@@ -126,6 +127,18 @@ func (d *daemon) setup(ctx context.Context, startFrom string) error {
 	}
 	d.source = replicator.NewSource(so, info, d.spool)
 	d.archiver = backup.NewArchiver(d.store, d.spool, backup.ArchiverOptions{Metrics: d.metrics, Log: d.log})
+	if r := cfg.Replica; r != nil {
+		rdsn, err := dbconn.Parse(r.DSN)
+		if err != nil {
+			return usage.Errorf("replica.dsn: %v", err)
+		}
+		ao := replicator.ApplierOptions{DSN: rdsn, Include: r.Include, Exclude: r.Exclude, Delay: r.Delay.D(),
+			AllowWritable: r.AllowWritable, StateDir: cfg.Spool.Dir, Metrics: d.metrics, Log: d.log.With("part", "applier")}
+		if _, err := replicator.ReplicaPreflight(ctx, ao, info.Flavor); err != nil {
+			return usage.Wrap(err)
+		}
+		d.applier = replicator.NewApplier(ao, info.Flavor, d.spool, d.store)
+	}
 	return nil
 }
 
@@ -154,7 +167,9 @@ func (d *daemon) resolveStart(ctx context.Context, startFrom string) error {
 	if startFrom != "" {
 		set := strings.TrimPrefix(startFrom, "gtid:")
 		if _, err := binlog.ParseGTIDSet(d.info.Flavor, set); err != nil {
-			return usage.Errorf("--start-from: %v", err)
+			// Name the flag's value and the expected form: the parser's own
+			// words alone ("must domain-server-sequence") are no fix.
+			return usage.Errorf("--start-from %q: %v: write gtid:SET in the primary's GTID syntax, e.g. gtid:0-1-1000", startFrom, err)
 		}
 		start.GTIDSet = set
 	}
@@ -174,6 +189,19 @@ func (d *daemon) run(ctx context.Context) error {
 		},
 	})
 
+	if d.applier != nil {
+		d.metrics.RegisterReplica(metrics.ReplicaGauges{
+			SecondsBehind: func() float64 {
+				st := d.applier.Status()
+				if d.applier.TxnsBehind() == 0 || st.LastTime.IsZero() {
+					return 0
+				}
+				return max(0, time.Since(st.LastTime).Seconds())
+			},
+			TxnsBehind: d.applier.TxnsBehind,
+		})
+	}
+
 	srv, err := d.serveHTTP()
 	if err != nil {
 		return err
@@ -191,6 +219,19 @@ func (d *daemon) run(ctx context.Context) error {
 	archDone := make(chan error, 1)
 	go func() { srcDone <- d.source.Run(streamCtx) }()
 	go func() { archDone <- d.archiver.Run(archCtx) }()
+	applyDone := make(chan struct{})
+	if d.applier != nil {
+		// The applier runs beside the stream and the archive: when the
+		// replica refuses a transaction it stops, and archiving goes on.
+		go func() {
+			defer close(applyDone)
+			if err := d.applier.Run(streamCtx); err != nil {
+				d.log.Error("replica applier stopped; archiving continues; fix the replica and restart binvault to retry", "err", err.Error())
+			}
+		}()
+	} else {
+		close(applyDone)
+	}
 	stateTick := time.NewTicker(time.Second)
 	defer stateTick.Stop()
 
@@ -228,6 +269,7 @@ loop:
 	if sourceRunning {
 		<-srcDone
 	}
+	<-applyDone
 	if err := d.spool.Flush(); err != nil {
 		d.log.Error("closing the open segment", "err", err.Error())
 	}
@@ -287,6 +329,9 @@ func (d *daemon) unready() []string {
 	}
 	if st.Archive.LastError != "" {
 		p = append(p, "archive: "+st.Archive.LastError)
+	}
+	if r := st.Replica; r != nil && (r.Stopped || !r.Connected) {
+		p = append(p, "replica applier not running: "+r.LastError)
 	}
 	return p
 }

@@ -40,6 +40,18 @@ type daemonState struct {
 		RPOSeconds    float64         `json:"rpo_seconds"`
 		LastError     string          `json:"last_error,omitempty"`
 	} `json:"archive"`
+	Replica *replicaState `json:"replica,omitempty"`
+}
+
+type replicaState struct {
+	Replica            string     `json:"replica"`
+	Connected          bool       `json:"connected"`
+	Position           string     `json:"position"`
+	LastAppliedTime    *time.Time `json:"last_applied_commit_time,omitempty"`
+	SecondsBehind      float64    `json:"seconds_behind"`
+	TransactionsBehind float64    `json:"transactions_behind"`
+	Stopped            bool       `json:"stopped"`
+	LastError          string     `json:"last_error,omitempty"`
 }
 
 func (d *daemon) state() daemonState {
@@ -69,6 +81,22 @@ func (d *daemon) state() daemonState {
 		st.Archive.RPOSeconds = max(0, time.Since(t).Seconds())
 	}
 	st.Archive.LastError = d.archiver.LastError()
+	if d.applier != nil {
+		as := d.applier.Status()
+		r := &replicaState{Connected: as.Connected, Position: as.Applied, Stopped: as.Stopped, LastError: as.LastError,
+			TransactionsBehind: d.applier.TxnsBehind()}
+		if dsn, err := parseDSN(d.cfg.Replica.DSN); err == nil {
+			r.Replica = dsn
+		}
+		if !as.LastTime.IsZero() {
+			t := as.LastTime.UTC()
+			r.LastAppliedTime = &t
+			if r.TransactionsBehind > 0 {
+				r.SecondsBehind = max(0, time.Since(t).Seconds())
+			}
+		}
+		st.Replica = r
+	}
 	return st
 }
 

@@ -41,7 +41,11 @@ type Source struct {
 }
 
 type Replica struct {
-	DSN string `yaml:"dsn"`
+	DSN           string   `yaml:"dsn"`
+	Include       []string `yaml:"include"`
+	Exclude       []string `yaml:"exclude"`
+	Delay         Duration `yaml:"delay"`
+	AllowWritable bool     `yaml:"allow_writable"`
 }
 
 type Storage struct {
@@ -135,6 +139,19 @@ func (c *Config) Validate() error {
 		if _, err := dbconn.Parse(c.Replica.DSN); err != nil {
 			return fail("replica.dsn", "%v", err)
 		}
+		for _, l := range []struct {
+			key  string
+			pats []string
+		}{{"replica.include", c.Replica.Include}, {"replica.exclude", c.Replica.Exclude}} {
+			for i, p := range l.pats {
+				if err := ValidateFilterPattern(p); err != nil {
+					return fail(fmt.Sprintf("%s[%d]", l.key, i), "%q %v", p, err)
+				}
+			}
+		}
+		if c.Replica.Delay < 0 {
+			return fail("replica.delay", "must not be negative (e.g. 1h, or 0 for none)")
+		}
 	}
 	if err := c.validateStorage(); err != nil {
 		return err
@@ -199,6 +216,27 @@ func (c *Config) validateStorage() error {
 		}
 		if u.Scheme != "s3" {
 			return fail("storage.endpoint", "only applies to s3:// storage URLs")
+		}
+	}
+	return nil
+}
+
+// ValidateFilterPattern checks a replica filter: "db" or "db.table", where
+// either part may use the wildcards * and ?.
+func ValidateFilterPattern(p string) error {
+	if p == "" {
+		return fmt.Errorf("is empty: write db or db.table (wildcards * and ? allowed)")
+	}
+	parts := strings.Split(p, ".")
+	if len(parts) > 2 {
+		return fmt.Errorf("has more than one dot: write db or db.table (wildcards * and ? allowed)")
+	}
+	for _, part := range parts {
+		if part == "" {
+			return fmt.Errorf("has an empty name: write db or db.table (wildcards * and ? allowed)")
+		}
+		if _, err := filepath.Match(part, ""); err != nil {
+			return fmt.Errorf("is not a valid pattern: write db or db.table (wildcards * and ? allowed)")
 		}
 	}
 	return nil

@@ -25,6 +25,12 @@ type Metrics struct {
 	ArchiveUploadErrors   prometheus.Counter
 	ArchiveNewestTxnTime  prometheus.Gauge
 	ArchiveUploadDuration prometheus.Histogram
+
+	ReplicaConnected    prometheus.Gauge
+	ReplicaAppliedTxns  prometheus.Counter
+	ReplicaApplyErrors  prometheus.Counter
+	ReplicaBatchTxns    prometheus.Histogram
+	ReplicaBatchSeconds prometheus.Histogram
 }
 
 // New creates and registers the collectors; rpo reports the live RPO.
@@ -56,9 +62,31 @@ func New() *Metrics {
 	m.ArchiveUploadDuration = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "binvault", Name: "archive_upload_duration_seconds",
 		Help: "Time to compress and upload one segment with its manifest.", Buckets: prometheus.ExponentialBuckets(0.01, 2, 12)})
 	f(m.ArchiveUploadDuration)
+	m.ReplicaConnected = gauge("replica_connected", "1 while the applier is connected to the replica.")
+	m.ReplicaAppliedTxns = counter("replica_applied_transactions_total", "Source transactions committed on the replica.")
+	m.ReplicaApplyErrors = counter("replica_apply_errors_total", "Transactions the replica refused (the applier stops at each).")
+	m.ReplicaBatchTxns = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "binvault", Name: "replica_batch_transactions",
+		Help: "Source transactions committed per round trip to the replica.", Buckets: prometheus.ExponentialBuckets(1, 2, 10)})
+	m.ReplicaBatchSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "binvault", Name: "replica_batch_duration_seconds",
+		Help: "Time of one round trip to the replica (send, execute, answers).", Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)})
+	f(m.ReplicaBatchTxns)
+	f(m.ReplicaBatchSeconds)
 	f(collectors.NewGoCollector())
 	f(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// ReplicaGauges are read from the applier at scrape time.
+type ReplicaGauges struct {
+	SecondsBehind, TxnsBehind func() float64
+}
+
+// RegisterReplica adds the applier's lag gauges.
+func (m *Metrics) RegisterReplica(g ReplicaGauges) {
+	m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "binvault", Name: "replica_seconds_behind",
+		Help: "Age of the newest applied transaction while the spool holds newer ones; 0 when the replica has everything."}, g.SecondsBehind))
+	m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "binvault", Name: "replica_transactions_behind",
+		Help: "Transactions streamed from the primary but not yet applied (by GTID sequence numbers)."}, g.TxnsBehind))
 }
 
 // SpoolGauges are read from the spool at scrape time.

@@ -13,6 +13,9 @@ func TestREADMEListsEveryMetric(t *testing.T) {
 	m := New()
 	zero := func() float64 { return 0 }
 	m.RegisterSpool(SpoolGauges{Bytes: zero, Segments: zero, RPO: zero})
+	m.RegisterReplica(ReplicaGauges{SecondsBehind: zero, TxnsBehind: zero})
+	m.ReplicaBatchTxns.Observe(1)
+	m.ReplicaBatchSeconds.Observe(1)
 	m.ArchiveUploadDuration.Observe(1)
 	families, err := m.Registry.Gather()
 	if err != nil {

@@ -1,0 +1,469 @@
+package replicator
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/go-mysql-org/go-mysql/replication"
+
+	"github.com/binvault/binvault/internal/binlog"
+	"github.com/binvault/binvault/internal/dbconn"
+	"github.com/binvault/binvault/internal/metrics"
+	"github.com/binvault/binvault/internal/usage"
+	"github.com/binvault/binvault/storage"
+)
+
+// ApplierOptions configure the replica applier.
+type ApplierOptions struct {
+	DSN           dbconn.DSN
+	Include       []string
+	Exclude       []string
+	Delay         time.Duration
+	AllowWritable bool
+	// BatchTxns and BatchBytes bound one round trip: that many source
+	// transactions, or that many bytes of statements, whichever comes first.
+	BatchTxns  int
+	BatchBytes int
+	// StateDir keeps the applier's connection id, so a restarted daemon can
+	// stop a packet its predecessor left running on the replica.
+	StateDir string
+	Metrics  *metrics.Metrics
+	Log      *slog.Logger
+}
+
+// Applier keeps a replica identical to the primary by replaying each source
+// transaction with the server's own row applier (BINLOG statements), with
+// the source GTID, exactly once.
+//
+// Exactly once: the replica's binary log is on, and every transaction is
+// applied with the primary's GTID (gtid_domain_id, server_id, gtid_seq_no),
+// so the replica's @@gtid_binlog_pos moves with its data in one atomic
+// commit (the binlog's two-phase commit with InnoDB). On every (re)start
+// the applier reads that position and skips what it covers. DDL is atomic
+// in MariaDB 10.6+ and MySQL 8.0 (crash recovery finishes or undoes it
+// together with its binlog entry), which closes the DDL window: a DDL's
+// GTID is in the position exactly when the DDL took effect. A connection
+// that dies does not stop the packet it sent (the server runs the rest,
+// COMMIT included), so a new session first kills the previous one's
+// connection, found by the id recorded in StateDir, and waits until it is
+// gone before reading the position.
+type Applier struct {
+	opts   ApplierOptions
+	spool  *Spool
+	store  storage.Store
+	flavor string
+	filter filter
+
+	mu        sync.Mutex
+	applied   binlog.GTIDSet
+	lastTime  time.Time // commit time of the last applied transaction
+	lastErr   string
+	stopped   error // an apply error: the applier stopped
+	connected atomic.Bool
+}
+
+// ApplyError is a transaction the replica refused: the applier stops (the
+// archive goes on) until the daemon is restarted.
+type ApplyError struct {
+	GTID      string
+	Statement string
+	Err       *mysql.MyError
+}
+
+func (e *ApplyError) Error() string {
+	return fmt.Sprintf("replica refused transaction %s: error %d: %s (statement: %s)", e.GTID, e.Err.Code, e.Err.Message, e.Statement)
+}
+
+// NewApplier prepares an applier; ReplicaPreflight should have passed.
+func NewApplier(o ApplierOptions, flavor string, sp *Spool, st storage.Store) *Applier {
+	if o.BatchTxns <= 0 {
+		o.BatchTxns = 64
+	}
+	if o.BatchBytes <= 0 {
+		o.BatchBytes = 4 << 20
+	}
+	return &Applier{opts: o, spool: sp, store: st, flavor: flavor, filter: newFilter(o.Include, o.Exclude)}
+}
+
+// ReplicaPreflight checks the replica before anything is applied.
+func ReplicaPreflight(ctx context.Context, o ApplierOptions, sourceFlavor string) (dbconn.ServerInfo, error) {
+	db, err := dbconn.Open(ctx, "replica", o.DSN)
+	if err != nil {
+		return dbconn.ServerInfo{}, err
+	}
+	defer db.Close()
+	si, err := dbconn.Inspect(ctx, db)
+	if err != nil {
+		return si, dbconn.Explain("replica", o.DSN, err)
+	}
+	if si.Flavor != sourceFlavor {
+		return si, usage.Errorf("replica %s is %s but the source is %s: binvault replays into the same flavor only", o.DSN, si.Flavor, sourceFlavor)
+	}
+	if !si.LogBin {
+		return si, usage.Errorf("replica %s has its binary log off: binvault keeps the applied position in the replica's binlog GTID state; start the replica with log_bin", o.DSN)
+	}
+	if !si.ReadOnly && !o.AllowWritable {
+		return si, usage.Errorf("replica %s has read_only=OFF: others could write to it and make it diverge; SET GLOBAL read_only=ON (and in its config file), or set replica.allow_writable: true", o.DSN)
+	}
+	grants, err := showGrants(ctx, db)
+	if err != nil {
+		return si, dbconn.Explain("replica", o.DSN, err)
+	}
+	has := func(privs ...string) bool {
+		for _, p := range privs {
+			if strings.Contains(grants, p) {
+				return true
+			}
+		}
+		return false
+	}
+	user := o.DSN.User
+	if !has("ALL PRIVILEGES", "SUPER", "BINLOG REPLAY") {
+		return si, usage.Errorf("replica user %q lacks BINLOG REPLAY: run GRANT BINLOG REPLAY ON *.* TO '%s'@'<binvault host>' on the replica (row events are replayed with BINLOG statements)", user, user)
+	}
+	if si.ReadOnly && !has("ALL PRIVILEGES", "SUPER", "READ ONLY ADMIN", "READ_ONLY ADMIN") {
+		return si, usage.Errorf("replica user %q cannot write while read_only=ON: GRANT READ ONLY ADMIN ON *.* TO '%s'@'<binvault host>' on the replica", user, user)
+	}
+	var running sql.NullString
+	rows, err := db.QueryContext(ctx, "SHOW ALL SLAVES STATUS")
+	if err == nil {
+		cols, _ := rows.Columns()
+		for rows.Next() {
+			vals := make([]sql.NullString, len(cols))
+			ptrs := make([]any, len(cols))
+			for i := range vals {
+				ptrs[i] = &vals[i]
+			}
+			rows.Scan(ptrs...)
+			for i, c := range cols {
+				if c == "Slave_SQL_Running" && vals[i].String == "Yes" {
+					running = vals[i]
+				}
+			}
+		}
+		rows.Close()
+	}
+	if running.Valid {
+		return si, usage.Errorf("replica %s is also replicating natively (Slave_SQL_Running=Yes): run STOP ALL SLAVES on it; two appliers would apply everything twice", o.DSN)
+	}
+	if si.Flavor == dbconn.MariaDB && !si.GTIDStrictMode {
+		o.Log.Warn("replica has gtid_strict_mode=OFF: turn it on so the replica itself refuses a GTID twice (a second guard against double apply)")
+	}
+	return si, nil
+}
+
+func showGrants(ctx context.Context, db *sql.DB) (string, error) {
+	rows, err := db.QueryContext(ctx, "SHOW GRANTS")
+	if err != nil {
+		return "", err
+	}
+	defer rows.Close()
+	var all []string
+	for rows.Next() {
+		var g string
+		if err := rows.Scan(&g); err != nil {
+			return "", err
+		}
+		all = append(all, strings.ToUpper(g))
+	}
+	return strings.Join(all, "\n"), rows.Err()
+}
+
+// Status is the applier's state for status and metrics.
+type ApplierStatus struct {
+	Connected bool
+	Applied   string
+	LastTime  time.Time
+	LastError string
+	Stopped   bool
+}
+
+// Status reports where the applier is.
+func (a *Applier) Status() ApplierStatus {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	st := ApplierStatus{Connected: a.connected.Load(), LastTime: a.lastTime, LastError: a.lastErr, Stopped: a.stopped != nil}
+	if a.applied.Raw() != nil {
+		st.Applied = a.applied.String()
+	}
+	return st
+}
+
+// TxnsBehind counts the transactions the spool holds beyond the replica,
+// by GTID sequence numbers per domain (MariaDB) — exact while a domain's
+// sequence numbers have no holes.
+func (a *Applier) TxnsBehind() float64 {
+	a.mu.Lock()
+	applied := a.applied
+	a.mu.Unlock()
+	end, _, ok := a.spool.End()
+	if !ok || applied.Raw() == nil {
+		return 0
+	}
+	return float64(seqDistance(a.flavor, end.GTIDSet, applied.String()))
+}
+
+// Run applies transactions until ctx ends (nil), a transaction is refused
+// (*ApplyError), or the replica's state forbids going on (a usage error).
+// Connection problems are retried with backoff.
+func (a *Applier) Run(ctx context.Context) error {
+	backoff := time.Second
+	for {
+		started := time.Now()
+		err := a.session(ctx)
+		a.connected.Store(false)
+		a.opts.Metrics.ReplicaConnected.Set(0)
+		if ctx.Err() != nil {
+			return nil
+		}
+		var ae *ApplyError
+		if errors.As(err, &ae) || usage.Is(err) {
+			a.mu.Lock()
+			a.lastErr, a.stopped = err.Error(), err
+			a.mu.Unlock()
+			a.opts.Metrics.ReplicaApplyErrors.Inc()
+			return err
+		}
+		a.mu.Lock()
+		a.lastErr = err.Error()
+		a.mu.Unlock()
+		if time.Since(started) > time.Minute {
+			backoff = time.Second
+		}
+		a.opts.Log.Warn("replica applier interrupted; reconnecting", "err", err.Error(), "retry_in", backoff.String())
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff + rand.N(backoff/4+1)):
+		}
+		backoff = min(backoff*2, 30*time.Second)
+	}
+}
+
+// stateFile records the applier's replica connection.
+type applierState struct {
+	Replica    string `json:"replica"`
+	ServerBoot int64  `json:"server_boot"`
+	ConnID     uint32 `json:"connection_id"`
+}
+
+func (a *Applier) statePath() string { return filepath.Join(a.opts.StateDir, "applier.json") }
+
+// takeOver stops a connection a previous applier left on the replica and
+// records ours.
+func (a *Applier) takeOver(ctx context.Context, c *applyConn) error {
+	boot, err := serverBoot(c)
+	if err != nil {
+		return err
+	}
+	var old applierState
+	if b, err := os.ReadFile(a.statePath()); err == nil && json.Unmarshal(b, &old) == nil &&
+		old.Replica == a.opts.DSN.Addr() && abs64(old.ServerBoot-boot) <= 2 && old.ConnID != c.id {
+		// Same server run: the old connection may still be executing.
+		if err := c.exec(fmt.Sprintf("KILL CONNECTION %d", old.ConnID)); err != nil {
+			var me *mysql.MyError
+			if !errors.As(err, &me) || me.Code != 1094 { // 1094: unknown thread: already gone
+				return fmt.Errorf("stop the previous applier connection %d: %w", old.ConnID, err)
+			}
+		}
+		deadline := time.Now().Add(2 * time.Minute)
+		for {
+			r, err := c.c.Execute(fmt.Sprintf("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = %d", old.ConnID))
+			if err != nil {
+				return err
+			}
+			n, _ := r.GetInt(0, 0)
+			if n == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("the previous applier connection %d is still running on the replica after 2 minutes", old.ConnID)
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+		a.opts.Log.Info("stopped the previous applier's connection", "connection_id", old.ConnID)
+	}
+	b, _ := json.Marshal(applierState{Replica: a.opts.DSN.Addr(), ServerBoot: boot, ConnID: c.id})
+	return writeJSONAtomic(a.opts.StateDir, a.statePath(), json.RawMessage(b))
+}
+
+func serverBoot(c *applyConn) (int64, error) {
+	r, err := c.c.Execute("SELECT UNIX_TIMESTAMP() - VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'UPTIME'")
+	if err != nil {
+		return 0, err
+	}
+	v, err := r.GetInt(0, 0)
+	return v, err
+}
+
+func abs64(x int64) int64 {
+	if x < 0 {
+		return -x
+	}
+	return x
+}
+
+// position reads the replica's applied GTID position.
+func (a *Applier) position(c *applyConn) (binlog.GTIDSet, error) {
+	q := "SELECT @@GLOBAL.gtid_binlog_pos"
+	if a.flavor == dbconn.MySQL {
+		q = "SELECT @@GLOBAL.gtid_executed"
+	}
+	r, err := c.c.Execute(q)
+	if err != nil {
+		return binlog.GTIDSet{}, err
+	}
+	s, _ := r.GetString(0, 0)
+	return binlog.ParseGTIDSet(a.flavor, strings.ReplaceAll(s, "\n", ""))
+}
+
+// session is one connection's life: take over, read the position, apply.
+func (a *Applier) session(ctx context.Context) error {
+	c, err := dialApply(ctx, a.opts.DSN)
+	if err != nil {
+		return dbconn.Explain("replica", a.opts.DSN, err)
+	}
+	defer c.close()
+	// Closing the connection unblocks a flush waiting on the network when
+	// ctx ends.
+	stop := context.AfterFunc(ctx, func() { c.c.Close() })
+	defer stop()
+	if err := a.takeOver(ctx, c); err != nil {
+		return err
+	}
+	applied, err := a.position(c)
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.applied = applied
+	a.mu.Unlock()
+	for _, q := range []string{"SET @@session.binlog_annotate_row_events=0"} {
+		if err := c.exec(q); err != nil {
+			// Needs BINLOG ADMIN; without it the replica's binlog also logs
+			// the base64 text (bigger, not wrong).
+			a.opts.Log.Debug("cannot turn off row annotations on the replica", "err", err.Error())
+		}
+	}
+	f, err := newFeed(ctx, a.spool, a.store, a.flavor, applied)
+	if err != nil {
+		return err
+	}
+	defer f.close()
+	a.connected.Store(true)
+	a.opts.Metrics.ReplicaConnected.Set(1)
+	a.opts.Log.Info("applying to the replica", "replica", a.opts.DSN.String(), "from", applied.String(), "segment", f.seq)
+	b := &batcher{a: a, c: c, sess: &session{}, applied: applied.Clone()}
+	return b.run(ctx, f)
+}
+
+// seqDistance sums, per domain, how far b's sequence number is behind a's.
+func seqDistance(flavor, a, b string) int64 {
+	if flavor != dbconn.MariaDB {
+		return 0
+	}
+	last := func(s string) map[string]int64 {
+		m := map[string]int64{}
+		for _, g := range strings.Split(s, ",") {
+			parts := strings.Split(strings.TrimSpace(g), "-")
+			if len(parts) != 3 {
+				continue
+			}
+			var n int64
+			fmt.Sscan(parts[2], &n)
+			m[parts[0]] = n
+		}
+		return m
+	}
+	am, bm := last(a), last(b)
+	var d int64
+	for dom, n := range am {
+		if n > bm[dom] {
+			d += n - bm[dom]
+		}
+	}
+	return d
+}
+
+// filter decides which tables and databases the replica receives.
+type filter struct{ include, exclude []string }
+
+func newFilter(include, exclude []string) filter { return filter{include, exclude} }
+
+func (f filter) empty() bool { return len(f.include) == 0 && len(f.exclude) == 0 }
+
+// table reports whether rows of db.table are applied.
+func (f filter) table(db, table string) bool {
+	return f.allows(db, table, true)
+}
+
+// database reports whether a statement whose default database is db is applied.
+func (f filter) database(db string) bool {
+	return f.allows(db, "", false)
+}
+
+func (f filter) allows(db, table string, hasTable bool) bool {
+	match := func(p string) bool {
+		pdb, ptable, qualified := strings.Cut(p, ".")
+		if ok, _ := filepath.Match(pdb, db); !ok {
+			return false
+		}
+		if !qualified {
+			return true
+		}
+		if !hasTable {
+			// A db.table pattern names a database for statements only when
+			// it covers every table of it.
+			return ptable == "*"
+		}
+		ok, _ := filepath.Match(ptable, table)
+		return ok
+	}
+	for _, p := range f.exclude {
+		if match(p) {
+			return false
+		}
+	}
+	if len(f.include) == 0 {
+		return true
+	}
+	for _, p := range f.include {
+		if match(p) {
+			return true
+		}
+		// A statement in a database with included tables is applied: DDL
+		// creating those tables must reach the replica.
+		if !hasTable {
+			if pdb, _, _ := strings.Cut(p, "."); pdb != "" {
+				if ok, _ := filepath.Match(pdb, db); ok {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// rowsTableID is the table id a rows event applies to.
+func rowsTableID(ev binlog.Event) (uint64, bool) {
+	if re, ok := ev.Parsed.(*replication.RowsEvent); ok {
+		return re.TableID, true
+	}
+	return 0, false
+}

@@ -1,0 +1,149 @@
+package replicator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/go-mysql-org/go-mysql/client"
+	"github.com/go-mysql-org/go-mysql/mysql"
+
+	"github.com/binvault/binvault/internal/dbconn"
+)
+
+// applyConn sends many statements per round trip: one COM_QUERY packet
+// holding statements separated by ';', then exactly one OK or ERR per
+// statement. The count matters: a BINLOG statement that applied rows
+// answers OK without SERVER_MORE_RESULTS_EXISTS, yet the server goes on
+// with the rest of the packet (FACTS.md), so the flag cannot be trusted.
+// After an ERR the server runs nothing more of that packet.
+type applyConn struct {
+	c   *client.Conn
+	id  uint32
+	buf []byte // packet: 4-byte header space, COM_QUERY, statements
+	n   int    // statements in buf
+}
+
+// stmtError is a statement the server refused.
+type stmtError struct {
+	Index int // position in the packet
+	Err   *mysql.MyError
+}
+
+func (e *stmtError) Error() string { return e.Err.Error() }
+
+func dialApply(ctx context.Context, d dbconn.DSN) (*applyConn, error) {
+	addr := d.Addr()
+	if d.Socket != "" {
+		addr = d.Socket
+	}
+	opts := []client.Option{func(c *client.Conn) error {
+		if err := c.SetCapability(mysql.CLIENT_MULTI_STATEMENTS); err != nil {
+			return err
+		}
+		c.UnsetCapability(mysql.CLIENT_COMPRESS)
+		return nil
+	}}
+	if d.TLSMode == "true" || d.TLSMode == "skip-verify" {
+		tc, err := d.TLSConfig()
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, func(c *client.Conn) error { c.SetTLSConfig(tc); return nil })
+	}
+	c, err := client.ConnectWithContext(ctx, addr, d.User, d.Password, "", d.Timeout, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return &applyConn{c: c, id: c.GetConnectionID()}, nil
+}
+
+// exec runs one statement alone and returns its error.
+func (a *applyConn) exec(q string) error {
+	_, err := a.c.Execute(q)
+	return err
+}
+
+// add appends a statement to the pending packet.
+func (a *applyConn) add(stmt []byte) {
+	if a.buf == nil {
+		a.buf = append(make([]byte, 0, 64<<10), 0, 0, 0, 0, mysql.COM_QUERY)
+	} else if a.n > 0 {
+		a.buf = append(a.buf, ';')
+	}
+	a.buf = append(a.buf, stmt...)
+	a.n++
+}
+
+func (a *applyConn) addString(stmt string) { a.add([]byte(stmt)) }
+
+// pending is the size of the packet being built.
+func (a *applyConn) pending() (stmts, bytes int) {
+	if a.buf == nil {
+		return 0, 0
+	}
+	return a.n, len(a.buf) - 5
+}
+
+// flush sends the pending statements and reads their answers. It returns
+// how many succeeded; the error is a *stmtError for the first refused
+// statement, or a connection error (then the outcome of the packet is
+// unknown to us: the server may still be running it).
+func (a *applyConn) flush(timeout time.Duration) (int, error) {
+	n := a.n
+	if n == 0 {
+		return 0, nil
+	}
+	pkt := a.buf
+	a.buf, a.n = a.buf[:5], 0
+	if timeout > 0 {
+		a.c.SetDeadline(time.Now().Add(timeout))
+		defer a.c.SetDeadline(time.Time{})
+	}
+	a.c.ResetSequence()
+	if err := a.c.WritePacket(pkt); err != nil {
+		return 0, fmt.Errorf("send: %w", err)
+	}
+	for i := 0; i < n; i++ {
+		data, err := a.c.ReadPacket()
+		if err != nil {
+			return i, fmt.Errorf("read answer %d of %d: %w", i+1, n, err)
+		}
+		switch data[0] {
+		case mysql.OK_HEADER:
+		case mysql.ERR_HEADER:
+			var me *mysql.MyError
+			if err := a.c.HandleErrorPacket(data); !errors.As(err, &me) {
+				return i, fmt.Errorf("unreadable error packet: %v", err)
+			}
+			return i, &stmtError{Index: i, Err: me}
+		default:
+			// A result set: never sent in a batch; drain it and give up.
+			return i, fmt.Errorf("statement %d returned a result set", i+1)
+		}
+	}
+	return n, nil
+}
+
+func (a *applyConn) close() {
+	if a.c != nil {
+		a.c.Close()
+	}
+}
+
+// isConnErr reports an error of the link, not of a statement.
+func isConnErr(err error) bool {
+	var se *stmtError
+	if errors.As(err, &se) {
+		return false
+	}
+	var me *mysql.MyError
+	if errors.As(err, &me) {
+		// Server going away / killed connection.
+		return me.Code == 1927 || me.Code == 1053 || me.Code == 2013 || me.Code == 2006
+	}
+	var ne net.Error
+	return errors.As(err, &ne) || err != nil
+}
