@@ -148,8 +148,5 @@ func TestStatusPreflight(t *testing.T) {
 
 func writeS3Config(t *testing.T, dsn string, s3 *harness.S3, prefix string, extra ...string) string {
 	t.Helper()
-	dir := t.TempDir()
-	body := fmt.Sprintf("source:\n  dsn: %s\n  server_id: 9001\nstorage:\n  url: %s\n  endpoint: %s\n  path_style: true\n  region: us-east-1\nspool:\n  dir: %s\nhttp:\n  listen: \"\"\n%s",
-		dsn, s3.URL(prefix), s3.Endpoint(), filepath.Join(dir, "spool"), strings.Join(extra, "\n"))
-	return writeFile(t, filepath.Join(dir, "binvault.yaml"), body)
+	return writeS3ConfigWith(t, s3, s3Config{dsn: dsn, prefix: prefix, extra: extra})
 }

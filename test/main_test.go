@@ -53,7 +53,13 @@ func (r result) String() string {
 // binvault runs the binary to completion (at most 2 minutes).
 func binvault(t testing.TB, env []string, args ...string) result {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	return binvaultWithin(t, 2*time.Minute, env, args...)
+}
+
+// binvaultWithin runs the binary, killing it after timeout (exit code -1).
+func binvaultWithin(t testing.TB, timeout time.Duration, env []string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, binvaultBin, args...)
 	cmd.Env = append(os.Environ(), env...)

@@ -59,7 +59,7 @@ type archiveStatus struct {
 
 // daemonStaleAfter: a state file older than this means the daemon that
 // wrote it is gone (killed, or its host is hung).
-const daemonStaleAfter = 10 * time.Second
+const daemonStaleAfter = 5 * time.Second
 
 type statusReport struct {
 	Source  serverStatus   `json:"source"`
