@@ -307,13 +307,13 @@ func (r *run) plan(ctx context.Context, c *sql.Conn) ([]task, error) {
 	var tasks []task
 	var rowsTotal int64
 	for i, t := range r.snap.schema.tables {
-		tr := &tableResult{info: t, consistent: consistentEngines[t.engine], objects: []Object{}}
+		tr := &tableResult{info: t, consistent: consistentEngines[strings.ToUpper(t.engine)], objects: []Object{}}
 		r.tables = append(r.tables, tr)
 		if t.typ == "SEQUENCE" {
 			tr.schemaOnly = true
 			continue
 		}
-		if _, ok := schemaOnlyEngines[t.engine]; ok {
+		if _, ok := schemaOnlyEngines[strings.ToUpper(t.engine)]; ok {
 			tr.schemaOnly = true
 			continue
 		}

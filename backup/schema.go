@@ -19,7 +19,7 @@ type schemaInfo struct {
 type tableInfo struct {
 	db, name   string
 	typ        string // information_schema.TABLES.TABLE_TYPE
-	engine     string
+	engine     string // as the server spells it (InnoDB, MyISAM)
 	dataLength int64
 	tableRows  int64        // the server's estimate
 	columns    []columnInfo // the columns dumped: every non-generated one
@@ -92,7 +92,7 @@ func readSchema(ctx context.Context, flavor string, conns []*sql.Conn) (*schemaI
 				var dl, tr int64
 				fmt.Sscan(v[4].String, &dl)
 				fmt.Sscan(v[5].String, &tr)
-				tableRows = append(tableRows, &tableInfo{db: v[0].String, name: v[1].String, typ: v[2].String, engine: strings.ToUpper(v[3].String), dataLength: dl, tableRows: tr})
+				tableRows = append(tableRows, &tableInfo{db: v[0].String, name: v[1].String, typ: v[2].String, engine: v[3].String, dataLength: dl, tableRows: tr})
 			})
 		},
 		func(ctx context.Context, c *sql.Conn) error {
@@ -332,13 +332,13 @@ func engineWarnings(tables []*tableInfo) (inconsistent, schemaOnly []string) {
 		if t.typ == "SEQUENCE" {
 			continue
 		}
-		if why, ok := schemaOnlyEngines[t.engine]; ok {
+		if why, ok := schemaOnlyEngines[strings.ToUpper(t.engine)]; ok {
 			if why != "" {
 				schemaOnly = append(schemaOnly, fmt.Sprintf("%s (%s: %s)", t.label(), t.engine, why))
 			}
 			continue
 		}
-		if !consistentEngines[t.engine] {
+		if !consistentEngines[strings.ToUpper(t.engine)] {
 			inconsistent = append(inconsistent, fmt.Sprintf("%s (%s)", t.label(), t.engine))
 		}
 	}

@@ -149,7 +149,7 @@ func TestBackupEveryTypeRoundTripsExactly(t *testing.T) {
 		t.Fatalf("big table: want several chunks and 20001 rows, got %+v", big)
 	}
 	warned := strings.Join(m.Warnings, "\n")
-	for _, w := range []string{"types.mine (MYISAM)", "types.aria (ARIA)", "types.trxversioned"} {
+	for _, w := range []string{"types.mine (MyISAM)", "types.aria (Aria)", "types.trxversioned"} {
 		if !strings.Contains(warned, w) {
 			t.Errorf("warnings lack %q:\n%s", w, warned)
 		}

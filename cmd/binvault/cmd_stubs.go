@@ -6,16 +6,6 @@ import "github.com/spf13/cobra"
 // validates the configuration, so a bad file is reported the same way
 // everywhere, then says plainly that it cannot do the work yet.
 
-func newBackupCmd(g *globals) *cobra.Command {
-	return stub(g, "backup", "Take a full backup now and print its id")
-}
-
-func newBackupsCmd(g *globals) *cobra.Command {
-	c := stub(g, "backups", "List backups")
-	c.Flags().Bool("json", false, "print one JSON document")
-	return c
-}
-
 func newRestoreCmd(g *globals) *cobra.Command {
 	c := stub(g, "restore", "Restore a server to a point in time from the archive")
 	f := c.Flags()

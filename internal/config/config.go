@@ -66,6 +66,13 @@ type Archive struct {
 
 type Backup struct {
 	Schedule string `yaml:"schedule"`
+	// Parallel is how many connections dump at once, each with its own
+	// snapshot of the same instant.
+	Parallel int `yaml:"parallel"`
+	// ChunkSize is the uncompressed SQL size of one data object: a table
+	// larger than this is split into several objects (and, with an integer
+	// primary key, read in key ranges by several connections).
+	ChunkSize Size `yaml:"chunk_size"`
 }
 
 type Retention struct {
@@ -84,6 +91,7 @@ func Default() Config {
 		Storage:   Storage{URL: "file:///var/lib/binvault/archive"},
 		Spool:     Spool{Dir: "/var/lib/binvault/spool"},
 		Archive:   Archive{SegmentMaxBytes: 64 * MiB, FlushInterval: Duration(time.Second)},
+		Backup:    Backup{Parallel: 4, ChunkSize: 64 * MiB},
 		Retention: Retention{KeepLast: 7, KeepWithin: Duration(168 * time.Hour)},
 		HTTP:      HTTP{Listen: "127.0.0.1:9420"},
 	}
@@ -170,6 +178,12 @@ func (c *Config) Validate() error {
 		if _, err := cron.ParseStandard(c.Backup.Schedule); err != nil {
 			return fail("backup.schedule", "%q does not parse (%v): use 5 cron fields like \"0 3 * * *\" or @daily, or leave it empty for no scheduled backups", c.Backup.Schedule, err)
 		}
+	}
+	if p := c.Backup.Parallel; p < 1 || p > 64 {
+		return fail("backup.parallel", "%d is out of range: use between 1 and 64 connections (default 4)", p)
+	}
+	if s := c.Backup.ChunkSize; s < MiB || s > GiB {
+		return fail("backup.chunk_size", "%s is out of range: use between 1MiB and 1GiB (default 64MiB)", s)
 	}
 	if c.Retention.KeepLast < 1 {
 		return fail("retention.keep_last", "is %d: keep at least 1 backup (the newest is never pruned)", c.Retention.KeepLast)
