@@ -401,8 +401,10 @@ func listIDs(ctx context.Context, st storage.Store) ([]listedID, error) {
 
 var errStopList = errors.New("stop listing")
 
-// leftovers lists the objects of backups that have no manifest and an id
-// that sorts before (started before) the running backup's.
+// leftovers lists the objects of backups that have no manifest, other
+// than the running one. The caller holds the backup lock, so no other
+// backup is writing: every such backup was interrupted. (Comparing ids
+// instead would miss a leftover from the same second.)
 func leftovers(ctx context.Context, st storage.Store, running string) (map[string][]string, error) {
 	out := map[string][]string{}
 	err := st.List(ctx, Prefix, func(oi storage.ObjectInfo) error {
@@ -410,7 +412,7 @@ func leftovers(ctx context.Context, st storage.Store, running string) (map[strin
 		if !ok {
 			return nil
 		}
-		if _, valid := ParseID(id); !valid || id >= running {
+		if _, valid := ParseID(id); !valid || id == running {
 			return nil
 		}
 		out[id] = append(out[id], oi.Key)
