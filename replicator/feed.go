@@ -37,8 +37,10 @@ func newFeed(ctx context.Context, sp *Spool, st storage.Store, flavor string, ap
 	f := &feed{spool: sp, store: st, flavor: flavor}
 	var cands []archive.Segment
 	cands = append(cands, sp.Closed(0)...)
+	openSeq := uint64(0)
 	if m, ok := sp.OpenMeta(); ok {
 		cands = append(cands, m)
+		openSeq = m.Seq
 	}
 	contains := func(p binlog.Position) bool {
 		set, err := binlog.ParseGTIDSet(flavor, p.GTIDSet)
@@ -46,7 +48,9 @@ func newFeed(ctx context.Context, sp *Spool, st storage.Store, flavor string, ap
 	}
 	pick := func(segs []archive.Segment) (uint64, bool, error) {
 		for _, s := range segs {
-			if contains(s.End) && s.Txns > 0 {
+			// The segment being written is never passed over: what it
+			// holds now may be applied, but it grows.
+			if contains(s.End) && s.Txns > 0 && s.Seq != openSeq {
 				continue
 			}
 			if !contains(s.Start) {

@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -89,6 +90,15 @@ func startDaemon(t testing.TB, env []string, args ...string) *daemon {
 	cmd.Env = append(os.Environ(), env...)
 	d := &daemon{cmd: cmd, log: &bytes.Buffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = d.log, d.log
+	if p := os.Getenv("BINVAULT_TEST_DAEMON_LOG"); p != "" {
+		// Every daemon of the run, appended, for debugging a failure.
+		if f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644); err == nil {
+			fmt.Fprintf(f, "=== daemon started %s\n", time.Now().Format(time.RFC3339Nano))
+			w := io.MultiWriter(d.log, f)
+			cmd.Stdout, cmd.Stderr = w, w
+			t.Cleanup(func() { f.Close() })
+		}
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

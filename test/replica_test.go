@@ -2,7 +2,7 @@ package test
 
 import (
 	"fmt"
-	"os"
+	"math/rand/v2"
 	"sort"
 	"strings"
 	"testing"
@@ -94,7 +94,8 @@ func waitReplicaCaughtUp(t testing.TB, p, r *harness.MariaDB, timeout time.Durat
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the replica is at %q after %v, the primary at %q; daemon log:\n%s", got, timeout, want, tailLog(d))
+			t.Errorf("the replica is at %q after %v, the primary at %q; daemon log:\n%s", got, timeout, want, tailLog(d))
+			t.Fatalf("GTIDs in the replica's binlog vs the primary's: %s", gtidDiff(primaryGTIDs(t, p), primaryGTIDs(t, r)))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -103,9 +104,6 @@ func waitReplicaCaughtUp(t testing.TB, p, r *harness.MariaDB, timeout time.Durat
 func tailLog(d *daemon) string {
 	if d == nil {
 		return ""
-	}
-	if p := os.Getenv("BINVAULT_TEST_DAEMON_LOG"); p != "" {
-		os.WriteFile(p, d.log.Bytes(), 0o644)
 	}
 	lines := strings.Split(d.log.String(), "\n")
 	if len(lines) > 30 {
@@ -116,7 +114,7 @@ func tailLog(d *daemon) string {
 
 func TestReplicaFollowsThePrimary(t *testing.T) {
 	rs := newReplicaSetup(t, "300ms")
-	d := startDaemon(t, rs.env, "--config", rs.cfg, "--log-level", "debug")
+	d := startDaemon(t, rs.env, "--config", rs.cfg)
 	eventually(t, 20*time.Second, "the daemon to connect", func() bool {
 		if d.exited() {
 			t.Fatalf("daemon exited: %s", d.log)
@@ -134,4 +132,91 @@ func TestReplicaFollowsThePrimary(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, d.log)
 	}
 	t.Logf("%d load transactions replicated", l.commits.Load())
+}
+
+func TestReplicaExactlyOnceAcrossKill9OfDaemonAndReplica(t *testing.T) {
+	rs := newReplicaSetup(t, "300ms")
+	d := startDaemon(t, rs.env, "--config", rs.cfg)
+	eventually(t, 20*time.Second, "the daemon to connect", func() bool {
+		st := rs.state(t)
+		return st != nil && st["source"].(map[string]any)["connected"] == true
+	})
+	prepareLoadSchema(t, rs.primary)
+	l := startLoad(t, rs.primary, 3, true)
+	defer l.Stop()
+	replicaKills := 0
+	for i := 0; i < 10; i++ {
+		time.Sleep(time.Duration(400+rand.IntN(1200)) * time.Millisecond)
+		d.kill()
+		if i == 3 || i == 7 {
+			// The replica crashes too, while the daemon is down or, next
+			// time, while it is applying.
+			if err := rs.replica.Kill(); err != nil {
+				t.Fatal(err)
+			}
+			replicaKills++
+			if err := rs.replica.Start(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		d = startDaemon(t, rs.env, "--config", rs.cfg)
+		if i == 5 {
+			time.Sleep(700 * time.Millisecond)
+			if err := rs.replica.Kill(); err != nil {
+				t.Fatal(err)
+			}
+			replicaKills++
+			time.Sleep(300 * time.Millisecond)
+			if err := rs.replica.Start(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	time.Sleep(time.Second)
+	l.Stop()
+	waitReplicaCaughtUp(t, rs.primary, rs.replica, 90*time.Second, d)
+	sameChecksums(t, rs.primary, rs.replica)
+	rs.waitArchived(t, 30*time.Second)
+	if code := d.stop(t, 15*time.Second); code != 0 {
+		t.Fatalf("SIGTERM: exit %d: %s", code, tailLog(d))
+	}
+	sameHistory(t, primaryGTIDs(t, rs.primary), archiveGTIDs(t, rs.store), 0)
+	t.Logf("%d load transactions, 10 daemon kills, %d replica kills: replica and archive exact", l.commits.Load(), replicaKills)
+}
+
+// gtidDiff describes how got's GTID sequence departs from want's.
+func gtidDiff(want, got []string) string {
+	seen := map[string]int{}
+	for _, g := range got {
+		seen[g]++
+	}
+	var missing, doubled []string
+	for _, w := range want {
+		if seen[w] == 0 {
+			missing = append(missing, w)
+		}
+	}
+	for g, n := range seen {
+		if n > 1 {
+			doubled = append(doubled, g)
+		}
+	}
+	// Missing ones before the replica's newest GTID are holes, not lag.
+	last := ""
+	if len(got) > 0 {
+		last = got[len(got)-1]
+	}
+	var holes []string
+	for _, m := range missing {
+		if last != "" && seqOf(m) < seqOf(last) {
+			holes = append(holes, m)
+		}
+	}
+	return fmt.Sprintf("primary %d, replica %d; missing on the replica %d, of which holes %d %v; doubled %v", len(want), len(got), len(missing), len(holes), holes, doubled)
+}
+
+func seqOf(gtid string) int64 {
+	var d, s, n int64
+	fmt.Sscanf(gtid, "%d-%d-%d", &d, &s, &n)
+	return n
 }
