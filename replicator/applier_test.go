@@ -1,0 +1,336 @@
+package replicator
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/binvault/binvault/internal/binlog"
+	"github.com/binvault/binvault/internal/dbconn"
+	"github.com/binvault/binvault/internal/metrics"
+	"github.com/binvault/binvault/storage/file"
+	"github.com/binvault/binvault/test/harness"
+)
+
+// The regression tests here each reproduce one pitfall of replaying with
+// BINLOG statements listed in FACTS.md; each caused silent data loss or
+// forged GTIDs when ignored.
+
+type pipeline struct {
+	primary, replica *harness.MariaDB
+	spool            *Spool
+	opts             ApplierOptions
+	cancelSource     context.CancelFunc
+	sourceDone       chan error
+}
+
+// newPipeline streams the primary into a spool (no archiver: the spool
+// keeps everything) for appliers to read.
+func newPipeline(t *testing.T, replicaExtra ...string) *pipeline {
+	t.Helper()
+	p := harness.StartMariaDB(t, "primary", harness.MariaDBOptions{})
+	r := harness.StartMariaDB(t, "replica", harness.MariaDBOptions{Extra: replicaExtra})
+	o := sourceOpts(t, p)
+	ctx, cancel := context.WithCancel(context.Background())
+	info, src, err := Preflight(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	sp, err := OpenSpool(dir, info.Flavor, SpoolLimits{SegmentMaxBytes: 256 << 10, FlushInterval: 200 * time.Millisecond}, o.Log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp.SetSource(src)
+	if err := sp.Start(binlog.Position{GTIDSet: info.GTIDPosition}, 1); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- NewSource(o, info, sp).Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done; sp.Close() })
+	rd, err := dbconn.Parse(r.DSN("", ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &pipeline{primary: p, replica: r, spool: sp, cancelSource: cancel, sourceDone: done,
+		opts: ApplierOptions{DSN: rd, AllowWritable: true, StateDir: dir, Metrics: metrics.New(), Log: o.Log}}
+}
+
+// apply runs an applier until the replica reaches the primary's position
+// or the applier stops; it returns the applier's error.
+func (pl *pipeline) apply(t *testing.T, o ApplierOptions, timeout time.Duration) error {
+	t.Helper()
+	st, _ := file.New(t.TempDir())
+	a := NewApplier(o, "mariadb", pl.spool, st)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	want := pl.primary.QueryString(t, "SELECT @@gtid_binlog_pos")
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(50 * time.Millisecond):
+		}
+		if pl.replica.QueryString(t, "SELECT @@gtid_binlog_pos") == want {
+			cancel()
+			<-done
+			return nil
+		}
+		if ctx.Err() != nil {
+			<-done
+			return fmt.Errorf("replica at %s, primary at %s after %v", pl.replica.QueryString(t, "SELECT @@gtid_binlog_pos"), want, timeout)
+		}
+	}
+}
+
+func tableChecksums(t *testing.T, m *harness.MariaDB) string {
+	t.Helper()
+	db := m.DB(t)
+	rows, err := db.Query(`SELECT CONCAT(TABLE_SCHEMA, '.', TABLE_NAME) FROM information_schema.TABLES
+		WHERE TABLE_SCHEMA NOT IN ('mysql','sys','information_schema','performance_schema') ORDER BY 1`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tables []string
+	for rows.Next() {
+		var n string
+		rows.Scan(&n)
+		tables = append(tables, n)
+	}
+	rows.Close()
+	var out []string
+	for _, tb := range tables {
+		var name string
+		var sum sql.NullString
+		if err := db.QueryRow("CHECKSUM TABLE " + tb).Scan(&name, &sum); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, tb+"="+sum.String)
+	}
+	return strings.Join(out, " ")
+}
+
+// binlogGTIDs lists the GTIDs in a server's binlogs, in order.
+func binlogGTIDs(t *testing.T, m *harness.MariaDB) []string {
+	t.Helper()
+	db := m.DB(t)
+	var files []string
+	rows, err := db.Query("SHOW BINARY LOGS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var name string
+		var size any
+		rows.Scan(&name, &size)
+		files = append(files, name)
+	}
+	rows.Close()
+	var gtids []string
+	for _, f := range files {
+		rows, err := db.Query("SHOW BINLOG EVENTS IN '" + f + "'")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			var logName, typ, info string
+			var pos, sid, end int64
+			rows.Scan(&logName, &pos, &typ, &sid, &end, &info)
+			if typ == "Gtid" {
+				fs := strings.Fields(info)
+				for i, x := range fs {
+					if x == "GTID" && i+1 < len(fs) {
+						gtids = append(gtids, fs[i+1])
+					}
+				}
+			}
+		}
+		rows.Close()
+	}
+	return gtids
+}
+
+// Pitfall 3: rows sent in a BINLOG statement without their table map are
+// skipped silently. A tiny batch size splits statements mid-way.
+func TestApplyRepeatsTableMapsWhenAStatementIsSplit(t *testing.T) {
+	pl := newPipeline(t)
+	pl.primary.Exec(t, "CREATE DATABASE d; CREATE TABLE d.t (id INT PRIMARY KEY, v VARCHAR(200)); CREATE TABLE d.u (id INT PRIMARY KEY, w INT)")
+	var vals []string
+	for i := 0; i < 2000; i++ {
+		vals = append(vals, fmt.Sprintf("(%d, REPEAT('x', 150))", i))
+	}
+	// One statement of many rows events (about 8 KiB each), then a second table in the same transaction.
+	pl.primary.Exec(t, "BEGIN; INSERT INTO d.t VALUES "+strings.Join(vals, ",")+"; INSERT INTO d.u VALUES (1, 1); UPDATE d.t SET v = 'y' WHERE id < 1500; COMMIT")
+	o := pl.opts
+	o.BatchBytes = 16 << 10 // chunks of about 8 KiB: every few rows events
+	if err := pl.apply(t, o, 60*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if p, r := tableChecksums(t, pl.primary), tableChecksums(t, pl.replica); p != r {
+		t.Fatalf("checksums differ:\nprimary %s\nreplica %s", p, r)
+	}
+	if n := pl.replica.QueryString(t, "SELECT COUNT(*) FROM d.t WHERE v = 'y'"); n != "1500" {
+		t.Fatalf("replica has %s updated rows, want 1500", n)
+	}
+}
+
+// Pitfalls 2 and 7: an error in the k-th transaction of a packet. Exactly
+// the transactions before it are committed, it and the ones after are not,
+// and nothing is left half-open.
+func TestApplyKnowsWhichTransactionsOfAPacketCommitted(t *testing.T) {
+	pl := newPipeline(t)
+	pl.primary.Exec(t, "CREATE DATABASE d; CREATE TABLE d.t (id INT PRIMARY KEY)")
+	if err := pl.apply(t, pl.opts, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// A row the 6th insert will collide with, written on the replica only.
+	pl.replica.Exec(t, "SET sql_log_bin=0; INSERT INTO d.t VALUES (6)")
+	for i := 1; i <= 10; i++ {
+		pl.primary.Exec(t, fmt.Sprintf("INSERT INTO d.t VALUES (%d)", i))
+	}
+	before := pl.primary.QueryString(t, "SELECT @@gtid_binlog_pos")
+	// Let the spool gather all ten before applying: one packet.
+	time.Sleep(500 * time.Millisecond)
+	o := pl.opts
+	o.BatchTxns = 100
+	err := pl.apply(t, o, 30*time.Second)
+	var ae *ApplyError
+	if !errors.As(err, &ae) {
+		t.Fatalf("want an ApplyError, got %v", err)
+	}
+	seq := func(g string) int {
+		var d, s, n int
+		fmt.Sscanf(g, "%d-%d-%d", &d, &s, &n)
+		return n
+	}
+	failed := seq(ae.GTID)
+	if ae.Err.Code != 1062 || failed != seq(before)-4 {
+		t.Fatalf("error %v for %s; want duplicate key (1062) in the 6th insert (seq %d)", ae.Err, ae.GTID, seq(before)-4)
+	}
+	pos := pl.replica.QueryString(t, "SELECT @@gtid_binlog_pos")
+	if seq(pos) != failed-1 {
+		t.Fatalf("replica at %s after the failure of %s: want exactly the transactions before it", pos, ae.GTID)
+	}
+	if n := pl.replica.QueryString(t, "SELECT COUNT(*) FROM d.t"); n != "6" { // 1-5 and the local 6
+		t.Fatalf("replica holds %s rows, want 6", n)
+	}
+	// Fixed by hand, the applier goes on from there.
+	pl.replica.Exec(t, "SET sql_log_bin=0; DELETE FROM d.t WHERE id = 6")
+	if err := pl.apply(t, pl.opts, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if p, r := tableChecksums(t, pl.primary), tableChecksums(t, pl.replica); p != r {
+		t.Fatalf("checksums differ after the retry:\nprimary %s\nreplica %s", p, r)
+	}
+}
+
+// Pitfalls 4, 5, 6 and 9: each source transaction keeps its own GTID
+// (domain, server, sequence) on the replica, across domains and servers;
+// multi-statement transactions are not split into several GTIDs; and the
+// replica's binlog does not log the base64 text as annotations.
+func TestApplyPreservesGTIDsExactly(t *testing.T) {
+	pl := newPipeline(t, "--binlog-annotate-row-events=ON")
+	pl.primary.Exec(t, "CREATE DATABASE d; CREATE TABLE d.t (id INT PRIMARY KEY, v INT)")
+	pl.primary.Exec(t, "BEGIN; INSERT INTO d.t VALUES (1, 1); INSERT INTO d.t VALUES (2, 2); UPDATE d.t SET v = 3; COMMIT")
+	pl.primary.Exec(t, "SET gtid_domain_id=7; INSERT INTO d.t VALUES (3, 3)")
+	pl.primary.Exec(t, "SET gtid_domain_id=7, server_id=55; INSERT INTO d.t VALUES (4, 4)")
+	pl.primary.Exec(t, "SET gtid_domain_id=0; CREATE TABLE d.u (x INT)")
+	pl.primary.Exec(t, "BEGIN; INSERT INTO d.t VALUES (5, 5); INSERT INTO d.u VALUES (1); COMMIT")
+	if err := pl.apply(t, pl.opts, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	p, r := binlogGTIDs(t, pl.primary), binlogGTIDs(t, pl.replica)
+	if strings.Join(p, " ") != strings.Join(r, " ") {
+		t.Fatalf("GTIDs differ:\nprimary %v\nreplica %v", p, r)
+	}
+	if pp, rp := pl.primary.QueryString(t, "SELECT @@gtid_binlog_pos"), pl.replica.QueryString(t, "SELECT @@gtid_binlog_pos"); pp != rp {
+		t.Fatalf("positions differ: primary %s replica %s", pp, rp)
+	}
+	var annotations int
+	db := pl.replica.DB(t)
+	rows, err := db.Query("SHOW BINLOG EVENTS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var logName, typ, info string
+		var pos, sid, end int64
+		rows.Scan(&logName, &pos, &typ, &sid, &end, &info)
+		if typ == "Annotate_rows" && strings.Contains(info, "BINLOG") {
+			annotations++
+		}
+	}
+	rows.Close()
+	if annotations > 0 {
+		t.Fatalf("the replica's binlog logged %d BINLOG statements as annotations", annotations)
+	}
+}
+
+// Pitfall 8: a client that dies does not stop its packet. A restarted
+// applier must stop the old connection before reading the position, or it
+// would apply again what the old packet was still committing.
+func TestApplyRestartsSafelyWhileAPacketRuns(t *testing.T) {
+	pl := newPipeline(t)
+	pl.primary.Exec(t, "CREATE DATABASE d; CREATE TABLE d.t (id INT PRIMARY KEY, v LONGTEXT)")
+	for i := 0; i < 300; i++ {
+		pl.primary.Exec(t, fmt.Sprintf("INSERT INTO d.t VALUES (%d, REPEAT('z', 20000))", i))
+	}
+	time.Sleep(500 * time.Millisecond)
+	st, _ := file.New(t.TempDir())
+	o := pl.opts
+	o.BatchTxns = 300
+	o.BatchBytes = 64 << 20
+	for i := 0; i < 5; i++ {
+		// Abandon the applier mid-packet: its connection is closed under it.
+		a := NewApplier(o, "mariadb", pl.spool, st)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- a.Run(ctx) }()
+		time.Sleep(time.Duration(30+20*i) * time.Millisecond)
+		cancel()
+		<-done
+	}
+	if err := pl.apply(t, o, 60*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if p, r := tableChecksums(t, pl.primary), tableChecksums(t, pl.replica); p != r {
+		t.Fatalf("checksums differ:\nprimary %s\nreplica %s", p, r)
+	}
+	p, r := binlogGTIDs(t, pl.primary), binlogGTIDs(t, pl.replica)
+	sort.Strings(p)
+	sort.Strings(r)
+	if strings.Join(p, " ") != strings.Join(r, " ") {
+		t.Fatalf("GTIDs differ: primary %d, replica %d", len(p), len(r))
+	}
+}
+
+func TestFilterPatterns(t *testing.T) {
+	f := newFilter([]string{"app", "shop.orders", "log*.t?"}, []string{"app.secret*"})
+	for _, c := range []struct {
+		db, table string
+		want      bool
+	}{
+		{"app", "users", true}, {"app", "secret_keys", false}, {"shop", "orders", true}, {"shop", "items", false},
+		{"logs", "t1", true}, {"logs", "t10", false}, {"other", "x", false},
+	} {
+		if got := f.table(c.db, c.table); got != c.want {
+			t.Errorf("table(%s.%s) = %v, want %v", c.db, c.table, got, c.want)
+		}
+	}
+	// Statements go by database: a database with included tables gets its DDL.
+	for db, want := range map[string]bool{"app": true, "shop": true, "other": false, "logs": true} {
+		if got := f.database(db); got != want {
+			t.Errorf("database(%s) = %v, want %v", db, got, want)
+		}
+	}
+	if !newFilter(nil, nil).table("any", "thing") {
+		t.Error("an empty filter must pass everything")
+	}
+}
