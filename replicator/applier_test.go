@@ -109,7 +109,7 @@ func tableChecksums(t *testing.T, m *harness.MariaDB) string {
 	for _, tb := range tables {
 		var name string
 		var sum sql.NullString
-		if err := db.QueryRow("CHECKSUM TABLE " + tb).Scan(&name, &sum); err != nil {
+		if err := db.QueryRow("CHECKSUM TABLE "+tb).Scan(&name, &sum); err != nil {
 			t.Fatal(err)
 		}
 		out = append(out, tb+"="+sum.String)
