@@ -167,6 +167,67 @@ func checkServerIDFree(ctx context.Context, db *sql.DB, o SourceOptions) error {
 	return nil
 }
 
+// CheckResumable reports, before streaming, a resume position the primary
+// has purged: the binlog it needs is gone. (The dump would fail the same
+// way, only later and less clearly.)
+func CheckResumable(ctx context.Context, o SourceOptions, flavor string, pos binlog.Position) error {
+	db, err := dbconn.Open(ctx, "source", o.DSN)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	var oldest string
+	q := "SELECT BINLOG_GTID_POS(?, 4)"
+	if flavor == dbconn.MySQL {
+		q = "SELECT @@GLOBAL.gtid_purged"
+	} else {
+		rows, err := db.QueryContext(ctx, "SHOW BINARY LOGS")
+		if err != nil {
+			return dbconn.Explain("source", o.DSN, err)
+		}
+		var first string
+		if rows.Next() {
+			cols, _ := rows.Columns()
+			vals := make([]any, len(cols))
+			vals[0] = &first
+			for i := 1; i < len(cols); i++ {
+				vals[i] = new(sql.RawBytes)
+			}
+			rows.Scan(vals...)
+		}
+		rows.Close()
+		if first == "" {
+			return nil
+		}
+		oldest = first
+	}
+	var state sql.NullString
+	var row *sql.Row
+	if flavor == dbconn.MySQL {
+		row = db.QueryRowContext(ctx, q)
+	} else {
+		row = db.QueryRowContext(ctx, q, oldest)
+	}
+	if err := row.Scan(&state); err != nil {
+		return dbconn.Explain("source", o.DSN, err)
+	}
+	if !state.Valid || strings.TrimSpace(state.String) == "" {
+		return nil
+	}
+	need, err := binlog.ParseGTIDSet(flavor, strings.ReplaceAll(state.String, "\n", ""))
+	if err != nil {
+		return nil // unknown syntax: let the dump decide
+	}
+	have, err := binlog.ParseGTIDSet(flavor, pos.GTIDSet)
+	if err != nil {
+		return usage.Wrap(err)
+	}
+	if !have.Contains(need) {
+		return usage.Errorf("binlog purged past %q: the primary %s keeps binlogs only from %q on; take a new backup, then move the spool aside and start with --start-from gtid:<the backup's position>", pos.GTIDSet, o.DSN, need.String())
+	}
+	return nil
+}
+
 // NewSource prepares a stream into spool; info comes from Preflight.
 func NewSource(o SourceOptions, info dbconn.ServerInfo, spool *Spool) *Source {
 	if o.Heartbeat == 0 {
@@ -182,8 +243,9 @@ func (s *Source) Run(ctx context.Context) error {
 	m := s.opts.Metrics
 	backoff := time.Second
 	for {
-		started := time.Now()
+		s.connected.Store(false)
 		err := s.stream(ctx)
+		wasConnected := s.connected.Load()
 		m.SourceConnected.Set(0)
 		s.connected.Store(false)
 		if err != nil {
@@ -198,7 +260,8 @@ func (s *Source) Run(ctx context.Context) error {
 		if aerr := s.spool.Abort(); aerr != nil {
 			return fmt.Errorf("spool: %w", aerr)
 		}
-		if time.Since(started) > time.Minute {
+		if wasConnected {
+			// The stream worked until now: the first retry comes quickly.
 			backoff = time.Second
 		}
 		s.opts.Log.Warn("binlog stream interrupted; reconnecting", "err", err.Error(), "retry_in", backoff.String())

@@ -125,6 +125,11 @@ func (d *daemon) setup(ctx context.Context, startFrom string) error {
 	if err := d.resolveStart(ctx, startFrom); err != nil {
 		return err
 	}
+	if pos, _, ok := d.spool.End(); ok {
+		if err := replicator.CheckResumable(ctx, so, info.Flavor, pos); err != nil {
+			return usage.Wrap(err)
+		}
+	}
 	d.source = replicator.NewSource(so, info, d.spool)
 	d.archiver = backup.NewArchiver(d.store, d.spool, backup.ArchiverOptions{Metrics: d.metrics, Log: d.log})
 	if r := cfg.Replica; r != nil {
