@@ -37,8 +37,13 @@ test-unit:
 demo: setup build
 	$(GO) run ./test/demo
 
-bench: setup build
-	@echo "make bench: no benchmarks yet (they arrive with streaming, apply, backup and restore)"
+# Benchmarks against the native tools (test/bench): every scenario, or
+# BENCH="backup ..." for some. sysbench is installed for them; the data sets
+# are prepared once into the cache directory.
+BENCH ?=
+bench: build
+	@BINVAULT_SETUP_BENCH=1 scripts/setup.sh
+	$(GO) run ./test/bench -binvault bin/binvault $(BENCH)
 
 clean:
 	rm -rf bin .demo
