@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -93,6 +94,11 @@ func TestBackupUnderLoadReplaysToThePrimary(t *testing.T) {
 		INSERT INTO app.ledger SELECT seq, seq % 1000, seq / 100, REPEAT('m', 150) FROM app.seq_1_to_200000;
 		INSERT INTO app.accounts SELECT seq, 1000, 'acct' FROM app.seq_0_to_999;
 		ANALYZE TABLE app.ledger`)
+	// The daemon archives from here on, so the backup's chain to the
+	// present can be checked.
+	a := &archiveSetup{primary: p, s3: b.s3, cfg: b.cfg, env: b.env, store: b.store, spool: filepath.Join(filepath.Dir(b.cfg), "spool")}
+	d := startDaemon(t, b.env, "--config", b.cfg)
+	a.waitConnected(t, d)
 	l := startLoad(t, p, 4, false)
 	defer l.Stop()
 	// The ledger moves too: updates across the whole key range.
@@ -150,10 +156,12 @@ func TestBackupUnderLoadReplaysToThePrimary(t *testing.T) {
 	}
 	t.Logf("backup %s at %s in %s: %d tables, %d rows, %d transactions committed meanwhile, commits held %.1f ms (waited %.1f ms)",
 		id, m.Position, took.Round(time.Millisecond), len(m.Tables), m.Rows, during, m.LockHeldSeconds*1000, m.LockWaitSeconds*1000)
+	a.waitArchived(t, 60*time.Second)
 	list := b.backupsList(t)
-	if len(list) != 1 || list[0]["id"] != id {
-		t.Fatalf("backups lists %v", list)
+	if len(list) != 1 || list[0]["id"] != id || list[0]["chain_complete"] != true {
+		t.Fatalf("backups lists %v, want %s with a complete chain", list, id)
 	}
+	d.stop(t, 20*time.Second)
 
 	target := harness.StartMariaDB(t, "loaded", harness.MariaDBOptions{})
 	res, err := restore.LoadBackup(ctx, b.store, id, target.DSN("", ""), restore.LoadOptions{Parallel: 4})
