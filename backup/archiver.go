@@ -43,8 +43,10 @@ type ArchiverOptions struct {
 	// CatalogInterval is how often uploaded manifests are gathered into a
 	// catalog object.
 	CatalogInterval time.Duration
-	Metrics         *metrics.Metrics
-	Log             *slog.Logger
+	// Uploaded, when set, is called after each segment is safely stored.
+	Uploaded func(archive.Segment)
+	Metrics  *metrics.Metrics
+	Log      *slog.Logger
 }
 
 // Archiver uploads segments in order, exactly once each, and keeps the catalog.
@@ -274,6 +276,9 @@ func (a *Archiver) upload(ctx context.Context, seg archive.Segment) error {
 	a.uploaded, a.newest, a.lastErr = seg.Seq, &seg, ""
 	a.pending = append(a.pending, seg)
 	a.mu.Unlock()
+	if a.opts.Uploaded != nil {
+		a.opts.Uploaded(seg)
+	}
 	a.opts.Log.Debug("segment archived", "segment", seg.Seq, "transactions", seg.Txns, "bytes", seg.Bytes, "stored_bytes", zsize, "last_gtid", seg.LastGTID)
 	return nil
 }

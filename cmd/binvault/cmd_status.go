@@ -38,7 +38,7 @@ type storeStatus struct {
 type daemonStatus struct {
 	StateFile string `json:"state_file"`
 	// Running: the daemon said it runs and wrote the file within
-	// daemonStaleAfter (it writes it every second).
+	// daemonStaleAfter (it writes it four times a second).
 	Running bool `json:"running"`
 	// AgeSeconds is how long ago the daemon last wrote the file.
 	AgeSeconds float64      `json:"age_seconds,omitempty"`

@@ -9,7 +9,7 @@ import (
 	"github.com/binvault/binvault/internal/binlog"
 )
 
-// stateFile is where a running daemon reports itself, once a second, for
+// stateFile is where a running daemon reports itself, four times a second, for
 // `binvault status` (in the spool directory).
 const stateFile = "state.json"
 
@@ -101,6 +101,8 @@ func (d *daemon) state() daemonState {
 }
 
 func (d *daemon) writeState(running bool) {
+	d.stateMu.Lock()
+	defer d.stateMu.Unlock()
 	st := d.state()
 	st.Running = running
 	if err := writeStateFile(d.cfg.Spool.Dir, st); err != nil {

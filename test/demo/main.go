@@ -4,6 +4,7 @@
 package main
 
 import (
+	"database/sql"
 	"fmt"
 	"os"
 	"os/exec"
@@ -70,24 +71,45 @@ func demo() error {
 	}
 	fmt.Printf("    listening on %s, pid %d\n", primary.Addr(), primary.PID())
 
-	step("Creating the replication user binvault streams with")
+	step("Creating the replication user binvault streams with (not logged: sql_log_bin=0)")
 	db, err := primary.Open("")
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	for _, q := range []string{
+	if err := run(db, "SET sql_log_bin=0",
 		"CREATE USER repl@'127.0.0.1' IDENTIFIED BY 'demo-repl-pw'",
 		"GRANT REPLICATION SLAVE, REPLICATION CLIENT, SELECT, RELOAD, SHOW VIEW, TRIGGER, EVENT ON *.* TO repl@'127.0.0.1'",
-		"CREATE DATABASE shop",
-		"CREATE TABLE shop.orders (id INT AUTO_INCREMENT PRIMARY KEY, item VARCHAR(40), qty INT)",
-		"INSERT INTO shop.orders (item, qty) VALUES ('apple', 3), ('pear', 1)",
-	} {
-		fmt.Printf("    mariadb> %s\n", q)
-		if _, err := db.Exec(q); err != nil {
-			return err
-		}
+		"SET sql_log_bin=1"); err != nil {
+		return err
 	}
+
+	step("Starting a second MariaDB as the replica (read_only=ON, binlog on) in %s", filepath.Join(root, "replica"))
+	replica, err := harness.NewMariaDB(root, "replica", harness.MariaDBOptions{ServerID: 2, Extra: []string{"--read-only=ON"}})
+	if err != nil {
+		return err
+	}
+	if err := replica.Start(); err != nil {
+		return err
+	}
+	cleanups = append(cleanups, func() {
+		fmt.Printf("\n==> Stopping the replica (pid %d)\n", replica.PID())
+		replica.Stop()
+	})
+	if err := replica.Bootstrap(); err != nil {
+		return err
+	}
+	rdb, err := replica.Open("")
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	if err := run(rdb, "SET sql_log_bin=0",
+		"CREATE USER applier@'127.0.0.1' IDENTIFIED BY 'demo-applier-pw'",
+		"GRANT ALL ON *.* TO applier@'127.0.0.1'"); err != nil {
+		return err
+	}
+	fmt.Printf("    listening on %s, pid %d\n", replica.Addr(), replica.PID())
 
 	if err := os.MkdirAll(filepath.Join(root, "archive"), 0o755); err != nil {
 		return err
@@ -102,15 +124,18 @@ spool:
   dir: %s
 http:
   listen: ""
-`, primary.Addr(), filepath.Join(root, "archive"), filepath.Join(root, "spool"))
+replica:
+  dsn: mysql://applier:${APPLIER_PASSWORD}@%s
+`, primary.Addr(), filepath.Join(root, "archive"), filepath.Join(root, "spool"), replica.Addr())
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		return err
 	}
-	step("Writing %s (the password comes from $REPL_PASSWORD):", cfgPath)
+	step("Writing %s (passwords come from $REPL_PASSWORD and $APPLIER_PASSWORD):", cfgPath)
 	fmt.Print(indent(cfg))
 	os.Setenv("REPL_PASSWORD", "demo-repl-pw")
+	os.Setenv("APPLIER_PASSWORD", "demo-applier-pw")
 
-	step("binvault status: is the primary ready to stream from, is the store reachable?")
+	step("binvault status: is the primary ready to stream from, the replica ready, the store reachable?")
 	if err := binvault("status", "--config", cfgPath); err != nil {
 		return err
 	}
@@ -141,8 +166,11 @@ http:
 	}
 	fmt.Printf("    connected to the primary as a replica (server_id 9001), pid %d\n", daemon.Process.Pid)
 
-	step("Writing to the primary while the daemon archives")
+	step("Writing to the primary while the daemon archives and applies")
 	for _, q := range []string{
+		"CREATE DATABASE shop",
+		"CREATE TABLE shop.orders (id INT AUTO_INCREMENT PRIMARY KEY, item VARCHAR(40), qty INT)",
+		"INSERT INTO shop.orders (item, qty) VALUES ('apple', 3), ('pear', 1)",
 		"INSERT INTO shop.orders (item, qty) VALUES ('plum', 7)",
 		"UPDATE shop.orders SET qty = qty + 1 WHERE item = 'apple'",
 		"ALTER TABLE shop.orders ADD COLUMN price DECIMAL(8,2) NULL",
@@ -162,6 +190,35 @@ http:
 		return strings.Contains(string(out), fmt.Sprintf(`"gtid_set": %q`, want))
 	}); err != nil {
 		return fmt.Errorf("the archive did not reach %s: %v", want, err)
+	}
+
+	step("The replica follows: same rows, same checksum, same GTID position")
+	if err := waitFor(20*time.Second, func() bool {
+		var pos string
+		rdb.QueryRow("SELECT @@gtid_binlog_pos").Scan(&pos)
+		return pos == want
+	}); err != nil {
+		return fmt.Errorf("the replica did not reach %s: %v; log:\n%s", want, err, readFile(filepath.Join(root, "daemon.log")))
+	}
+	for _, side := range []struct {
+		name string
+		db   *sql.DB
+	}{{"primary", db}, {"replica", rdb}} {
+		var rows []string
+		r, err := side.db.Query("SELECT CONCAT(id, ':', item, ':', qty, ':', COALESCE(price, '-')) FROM shop.orders ORDER BY id")
+		if err != nil {
+			return err
+		}
+		for r.Next() {
+			var s string
+			r.Scan(&s)
+			rows = append(rows, s)
+		}
+		r.Close()
+		var name, sum, pos string
+		side.db.QueryRow("CHECKSUM TABLE shop.orders").Scan(&name, &sum)
+		side.db.QueryRow("SELECT @@gtid_binlog_pos").Scan(&pos)
+		fmt.Printf("    %-8s orders %v  checksum %s  gtid %s\n", side.name, rows, sum, pos)
 	}
 
 	step("binvault segments: what the archive holds (each segment is a zstd-compressed binlog file)")
@@ -194,7 +251,7 @@ http:
 	if err := binvault("run", "--config", bad); err == nil {
 		return fmt.Errorf("a misspelt key was accepted")
 	}
-	fmt.Println("\nThe demo grows with each feature: the replica, backups and point-in-time restore come next.")
+	fmt.Println("\nThe demo grows with each feature: backups and point-in-time restore come next.")
 	return nil
 }
 
@@ -207,6 +264,18 @@ func binvault(args ...string) error {
 		fmt.Printf("    (exit code %d)\n", ee.ExitCode())
 	}
 	return err
+}
+
+func run(db *sql.DB, stmts ...string) error {
+	for _, q := range stmts {
+		if !strings.HasPrefix(q, "SET sql_log_bin") {
+			fmt.Printf("    mariadb> %s\n", q)
+		}
+		if _, err := db.Exec(q); err != nil {
+			return fmt.Errorf("%s: %w", q, err)
+		}
+	}
+	return nil
 }
 
 func waitFor(timeout time.Duration, cond func() bool) error {
