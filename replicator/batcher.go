@@ -231,7 +231,10 @@ func (b *batcher) begin(ctx context.Context, ev binlog.Event) error {
 		return nil
 	}
 	if d := b.a.opts.Delay; d > 0 {
-		due := time.Unix(int64(t.time), 0).Add(d)
+		// The event's timestamp is in whole seconds: count from the end
+		// of that second, so that no transaction is applied before it is
+		// d old.
+		due := time.Unix(int64(t.time)+1, 0).Add(d)
 		if wait := time.Until(due); wait > 0 {
 			if err := b.flush(); err != nil {
 				return err
