@@ -119,8 +119,15 @@ func NewMariaDB(dir, name string, opt MariaDBOptions) (*MariaDB, error) {
 	}
 	base := filepath.Join(dir, name)
 	data := filepath.Join(base, "data")
-	if err := os.MkdirAll(data, 0o755); err != nil {
-		return nil, err
+	// Each server its own tmpdir: a starting server deletes every #sql*
+	// file in its tmpdir, which in a shared /tmp are the temporary tables
+	// of the other servers (mariadb-install-db then fails with "Unknown
+	// table 'mysql.tmp_user_sys'").
+	tmp := filepath.Join(base, "tmp")
+	for _, d := range []string{data, tmp} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, err
+		}
 	}
 	m := &MariaDB{
 		Name:         name,
@@ -135,7 +142,7 @@ func NewMariaDB(dir, name string, opt MariaDBOptions) (*MariaDB, error) {
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(install, "--no-defaults", "--user=root", "--datadir="+data,
+	cmd := exec.Command(install, "--no-defaults", "--user=root", "--datadir="+data, "--tmpdir="+tmp,
 		"--auth-root-authentication-method=normal", "--skip-test-db", "--skip-name-resolve")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("mariadb-install-db: %v\n%s", err, out)
@@ -143,6 +150,7 @@ func NewMariaDB(dir, name string, opt MariaDBOptions) (*MariaDB, error) {
 	m.args = []string{
 		"--no-defaults", "--user=root",
 		"--datadir=" + data,
+		"--tmpdir=" + tmp,
 		"--socket=" + m.Socket,
 		"--pid-file=" + filepath.Join(base, "mysqld.pid"),
 		"--log-error=" + m.LogFile,
