@@ -16,11 +16,11 @@ import (
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/mysql"
-	"github.com/go-mysql-org/go-mysql/replication"
 
 	"github.com/binvault/binvault/internal/binlog"
 	"github.com/binvault/binvault/internal/dbconn"
 	"github.com/binvault/binvault/internal/metrics"
+	"github.com/binvault/binvault/internal/replay"
 	"github.com/binvault/binvault/internal/usage"
 	"github.com/binvault/binvault/storage"
 )
@@ -64,7 +64,7 @@ type Applier struct {
 	spool  *Spool
 	store  storage.Store
 	flavor string
-	filter filter
+	filter replay.Filter
 
 	mu        sync.Mutex
 	applied   binlog.GTIDSet
@@ -76,15 +76,7 @@ type Applier struct {
 
 // ApplyError is a transaction the replica refused: the applier stops (the
 // archive goes on) until the daemon is restarted.
-type ApplyError struct {
-	GTID      string
-	Statement string
-	Err       *mysql.MyError
-}
-
-func (e *ApplyError) Error() string {
-	return fmt.Sprintf("replica refused transaction %s: error %d: %s (statement: %s)", e.GTID, e.Err.Code, e.Err.Message, e.Statement)
-}
+type ApplyError = replay.ApplyError
 
 // NewApplier prepares an applier; ReplicaPreflight should have passed.
 func NewApplier(o ApplierOptions, flavor string, sp *Spool, st storage.Store) *Applier {
@@ -94,7 +86,7 @@ func NewApplier(o ApplierOptions, flavor string, sp *Spool, st storage.Store) *A
 	if o.BatchBytes <= 0 {
 		o.BatchBytes = 4 << 20
 	}
-	return &Applier{opts: o, spool: sp, store: st, flavor: flavor, filter: newFilter(o.Include, o.Exclude)}
+	return &Applier{opts: o, spool: sp, store: st, flavor: flavor, filter: replay.NewFilter(o.Include, o.Exclude)}
 }
 
 // ReplicaPreflight checks the replica before anything is applied.
@@ -263,16 +255,16 @@ func (a *Applier) statePath() string { return filepath.Join(a.opts.StateDir, "ap
 
 // takeOver stops a connection a previous applier left on the replica and
 // records ours.
-func (a *Applier) takeOver(ctx context.Context, c *applyConn) error {
+func (a *Applier) takeOver(ctx context.Context, c *replay.Conn) error {
 	boot, err := serverBoot(c)
 	if err != nil {
 		return err
 	}
 	var old applierState
 	if b, err := os.ReadFile(a.statePath()); err == nil && json.Unmarshal(b, &old) == nil &&
-		old.Replica == a.opts.DSN.Addr() && abs64(old.ServerBoot-boot) <= 2 && old.ConnID != c.id {
+		old.Replica == a.opts.DSN.Addr() && abs64(old.ServerBoot-boot) <= 2 && old.ConnID != c.ID() {
 		// Same server run: the old connection may still be executing.
-		if err := c.exec(fmt.Sprintf("KILL CONNECTION %d", old.ConnID)); err != nil {
+		if err := c.Exec(fmt.Sprintf("KILL CONNECTION %d", old.ConnID)); err != nil {
 			var me *mysql.MyError
 			if !errors.As(err, &me) || me.Code != 1094 { // 1094: unknown thread: already gone
 				return fmt.Errorf("stop the previous applier connection %d: %w", old.ConnID, err)
@@ -280,7 +272,7 @@ func (a *Applier) takeOver(ctx context.Context, c *applyConn) error {
 		}
 		deadline := time.Now().Add(2 * time.Minute)
 		for {
-			r, err := c.c.Execute(fmt.Sprintf("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = %d", old.ConnID))
+			r, err := c.Query(fmt.Sprintf("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = %d", old.ConnID))
 			if err != nil {
 				return err
 			}
@@ -299,12 +291,12 @@ func (a *Applier) takeOver(ctx context.Context, c *applyConn) error {
 		}
 		a.opts.Log.Info("stopped the previous applier's connection", "connection_id", old.ConnID)
 	}
-	b, _ := json.Marshal(applierState{Replica: a.opts.DSN.Addr(), ServerBoot: boot, ConnID: c.id})
+	b, _ := json.Marshal(applierState{Replica: a.opts.DSN.Addr(), ServerBoot: boot, ConnID: c.ID()})
 	return writeJSONAtomic(a.opts.StateDir, a.statePath(), json.RawMessage(b))
 }
 
-func serverBoot(c *applyConn) (int64, error) {
-	r, err := c.c.Execute("SELECT UNIX_TIMESTAMP() - VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'UPTIME'")
+func serverBoot(c *replay.Conn) (int64, error) {
+	r, err := c.Query("SELECT UNIX_TIMESTAMP() - VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'UPTIME'")
 	if err != nil {
 		return 0, err
 	}
@@ -320,12 +312,12 @@ func abs64(x int64) int64 {
 }
 
 // position reads the replica's applied GTID position.
-func (a *Applier) position(c *applyConn) (binlog.GTIDSet, error) {
+func (a *Applier) position(c *replay.Conn) (binlog.GTIDSet, error) {
 	q := "SELECT @@GLOBAL.gtid_binlog_pos"
 	if a.flavor == dbconn.MySQL {
 		q = "SELECT @@GLOBAL.gtid_executed"
 	}
-	r, err := c.c.Execute(q)
+	r, err := c.Query(q)
 	if err != nil {
 		return binlog.GTIDSet{}, err
 	}
@@ -335,14 +327,14 @@ func (a *Applier) position(c *applyConn) (binlog.GTIDSet, error) {
 
 // session is one connection's life: take over, read the position, apply.
 func (a *Applier) session(ctx context.Context) error {
-	c, err := dialApply(ctx, a.opts.DSN)
+	c, err := replay.Dial(ctx, a.opts.DSN)
 	if err != nil {
 		return dbconn.Explain("replica", a.opts.DSN, err)
 	}
-	defer c.close()
+	defer c.Close()
 	// Closing the connection unblocks a flush waiting on the network when
 	// ctx ends.
-	stop := context.AfterFunc(ctx, func() { c.c.Close() })
+	stop := context.AfterFunc(ctx, c.Close)
 	defer stop()
 	if err := a.takeOver(ctx, c); err != nil {
 		return err
@@ -355,7 +347,7 @@ func (a *Applier) session(ctx context.Context) error {
 	a.applied = applied
 	a.mu.Unlock()
 	for _, q := range []string{"SET @@session.binlog_annotate_row_events=0"} {
-		if err := c.exec(q); err != nil {
+		if err := c.Exec(q); err != nil {
 			// Needs BINLOG ADMIN; without it the replica's binlog also logs
 			// the base64 text (bigger, not wrong).
 			a.opts.Log.Debug("cannot turn off row annotations on the replica", "err", err.Error())
@@ -369,8 +361,62 @@ func (a *Applier) session(ctx context.Context) error {
 	a.connected.Store(true)
 	a.opts.Metrics.ReplicaConnected.Set(1)
 	a.opts.Log.Info("applying to the replica", "replica", a.opts.DSN.String(), "from", applied.String(), "segment", f.seq)
-	b := &batcher{a: a, c: c, sess: &session{}, applied: applied.Clone()}
-	return b.run(ctx, f)
+	mine := applied.Clone()
+	m := a.opts.Metrics
+	b := replay.New(c, replay.Options{
+		Mode:       replay.Replica,
+		BatchTxns:  a.opts.BatchTxns,
+		BatchBytes: a.opts.BatchBytes,
+		Filter:     a.filter,
+		Skip:       mine.ContainsGTID,
+		Due:        a.due(),
+		Committed: func(t replay.Txn) {
+			mine.Add(t.GTID)
+			a.mu.Lock()
+			a.applied.Add(t.GTID)
+			a.lastTime = time.Unix(int64(t.Time), 0)
+			a.lastErr = ""
+			a.mu.Unlock()
+			m.ReplicaAppliedTxns.Inc()
+		},
+		Flushed: func(txns int, d time.Duration) {
+			m.ReplicaBatchTxns.Observe(float64(txns))
+			m.ReplicaBatchSeconds.Observe(d.Seconds())
+		},
+		Log: a.opts.Log,
+	})
+	for {
+		ev, err := f.next(ctx, false)
+		if errors.Is(err, errWouldBlock) {
+			// Nothing more right now: send what is batched, then wait.
+			if err := b.Flush(); err != nil {
+				return err
+			}
+			ev, err = f.next(ctx, true)
+		}
+		if err != nil {
+			return err
+		}
+		if err := b.Event(ctx, ev); err != nil {
+			return err
+		}
+		if b.Full() {
+			if err := b.Flush(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// due makes a delayed replica hold each transaction until it is
+// replica.delay old on the primary, counting from the end of its commit
+// second (binlog timestamps are whole seconds), so none is applied early.
+func (a *Applier) due() func(replay.Txn) time.Time {
+	d := a.opts.Delay
+	if d <= 0 {
+		return nil
+	}
+	return func(t replay.Txn) time.Time { return time.Unix(int64(t.Time)+1, 0).Add(d) }
 }
 
 // seqDistance sums, per domain, how far b's sequence number is behind a's.
@@ -399,71 +445,4 @@ func seqDistance(flavor, a, b string) int64 {
 		}
 	}
 	return d
-}
-
-// filter decides which tables and databases the replica receives.
-type filter struct{ include, exclude []string }
-
-func newFilter(include, exclude []string) filter { return filter{include, exclude} }
-
-func (f filter) empty() bool { return len(f.include) == 0 && len(f.exclude) == 0 }
-
-// table reports whether rows of db.table are applied.
-func (f filter) table(db, table string) bool {
-	return f.allows(db, table, true)
-}
-
-// database reports whether a statement whose default database is db is applied.
-func (f filter) database(db string) bool {
-	return f.allows(db, "", false)
-}
-
-func (f filter) allows(db, table string, hasTable bool) bool {
-	match := func(p string) bool {
-		pdb, ptable, qualified := strings.Cut(p, ".")
-		if ok, _ := filepath.Match(pdb, db); !ok {
-			return false
-		}
-		if !qualified {
-			return true
-		}
-		if !hasTable {
-			// A db.table pattern names a database for statements only when
-			// it covers every table of it.
-			return ptable == "*"
-		}
-		ok, _ := filepath.Match(ptable, table)
-		return ok
-	}
-	for _, p := range f.exclude {
-		if match(p) {
-			return false
-		}
-	}
-	if len(f.include) == 0 {
-		return true
-	}
-	for _, p := range f.include {
-		if match(p) {
-			return true
-		}
-		// A statement in a database with included tables is applied: DDL
-		// creating those tables must reach the replica.
-		if !hasTable {
-			if pdb, _, _ := strings.Cut(p, "."); pdb != "" {
-				if ok, _ := filepath.Match(pdb, db); ok {
-					return true
-				}
-			}
-		}
-	}
-	return false
-}
-
-// rowsTableID is the table id a rows event applies to.
-func rowsTableID(ev binlog.Event) (uint64, bool) {
-	if re, ok := ev.Parsed.(*replication.RowsEvent); ok {
-		return re.TableID, true
-	}
-	return 0, false
 }

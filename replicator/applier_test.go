@@ -310,27 +310,3 @@ func TestApplyRestartsSafelyWhileAPacketRuns(t *testing.T) {
 		t.Fatalf("GTIDs differ: primary %d, replica %d", len(p), len(r))
 	}
 }
-
-func TestFilterPatterns(t *testing.T) {
-	f := newFilter([]string{"app", "shop.orders", "log*.t?"}, []string{"app.secret*"})
-	for _, c := range []struct {
-		db, table string
-		want      bool
-	}{
-		{"app", "users", true}, {"app", "secret_keys", false}, {"shop", "orders", true}, {"shop", "items", false},
-		{"logs", "t1", true}, {"logs", "t10", false}, {"other", "x", false},
-	} {
-		if got := f.table(c.db, c.table); got != c.want {
-			t.Errorf("table(%s.%s) = %v, want %v", c.db, c.table, got, c.want)
-		}
-	}
-	// Statements go by database: a database with included tables gets its DDL.
-	for db, want := range map[string]bool{"app": true, "shop": true, "other": false, "logs": true} {
-		if got := f.database(db); got != want {
-			t.Errorf("database(%s) = %v, want %v", db, got, want)
-		}
-	}
-	if !newFilter(nil, nil).table("any", "thing") {
-		t.Error("an empty filter must pass everything")
-	}
-}

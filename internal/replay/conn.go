@@ -1,10 +1,14 @@
-package replicator
+// Package replay applies binlog transactions to a server exactly as the
+// primary wrote them: row events through the server's own row applier
+// (BINLOG statements), statements in their original session context, many
+// transactions per round trip. The replica applier (package replicator)
+// and point-in-time restore (package restore) both use it.
+package replay
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/client"
@@ -13,28 +17,29 @@ import (
 	"github.com/binvault/binvault/internal/dbconn"
 )
 
-// applyConn sends many statements per round trip: one COM_QUERY packet
+// Conn sends many statements per round trip: one COM_QUERY packet
 // holding statements separated by ';', then exactly one OK or ERR per
 // statement. The count matters: a BINLOG statement that applied rows
 // answers OK without SERVER_MORE_RESULTS_EXISTS, yet the server goes on
 // with the rest of the packet (FACTS.md), so the flag cannot be trusted.
 // After an ERR the server runs nothing more of that packet.
-type applyConn struct {
+type Conn struct {
 	c   *client.Conn
 	id  uint32
 	buf []byte // packet: 4-byte header space, COM_QUERY, statements
 	n   int    // statements in buf
 }
 
-// stmtError is a statement the server refused.
-type stmtError struct {
+// StmtError is a statement the server refused.
+type StmtError struct {
 	Index int // position in the packet
 	Err   *mysql.MyError
 }
 
-func (e *stmtError) Error() string { return e.Err.Error() }
+func (e *StmtError) Error() string { return e.Err.Error() }
 
-func dialApply(ctx context.Context, d dbconn.DSN) (*applyConn, error) {
+// Dial connects with multi-statement packets allowed.
+func Dial(ctx context.Context, d dbconn.DSN) (*Conn, error) {
 	addr := d.Addr()
 	if d.Socket != "" {
 		addr = d.Socket
@@ -57,17 +62,23 @@ func dialApply(ctx context.Context, d dbconn.DSN) (*applyConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &applyConn{c: c, id: c.GetConnectionID()}, nil
+	return &Conn{c: c, id: c.GetConnectionID()}, nil
 }
 
-// exec runs one statement alone and returns its error.
-func (a *applyConn) exec(q string) error {
+// ID is the server's connection id.
+func (a *Conn) ID() uint32 { return a.id }
+
+// Query runs one statement alone and returns its result.
+func (a *Conn) Query(q string) (*mysql.Result, error) { return a.c.Execute(q) }
+
+// Exec runs one statement alone and returns its error.
+func (a *Conn) Exec(q string) error {
 	_, err := a.c.Execute(q)
 	return err
 }
 
 // add appends a statement to the pending packet.
-func (a *applyConn) add(stmt []byte) {
+func (a *Conn) add(stmt []byte) {
 	if a.buf == nil {
 		a.buf = append(make([]byte, 0, 64<<10), 0, 0, 0, 0, mysql.COM_QUERY)
 	} else if a.n > 0 {
@@ -77,10 +88,10 @@ func (a *applyConn) add(stmt []byte) {
 	a.n++
 }
 
-func (a *applyConn) addString(stmt string) { a.add([]byte(stmt)) }
+func (a *Conn) addString(stmt string) { a.add([]byte(stmt)) }
 
 // pending is the size of the packet being built.
-func (a *applyConn) pending() (stmts, bytes int) {
+func (a *Conn) pending() (stmts, bytes int) {
 	if a.buf == nil {
 		return 0, 0
 	}
@@ -91,7 +102,7 @@ func (a *applyConn) pending() (stmts, bytes int) {
 // how many succeeded; the error is a *stmtError for the first refused
 // statement, or a connection error (then the outcome of the packet is
 // unknown to us: the server may still be running it).
-func (a *applyConn) flush(timeout time.Duration) (int, error) {
+func (a *Conn) flush(timeout time.Duration) (int, error) {
 	n := a.n
 	if n == 0 {
 		return 0, nil
@@ -118,7 +129,7 @@ func (a *applyConn) flush(timeout time.Duration) (int, error) {
 			if err := a.c.HandleErrorPacket(data); !errors.As(err, &me) {
 				return i, fmt.Errorf("unreadable error packet: %v", err)
 			}
-			return i, &stmtError{Index: i, Err: me}
+			return i, &StmtError{Index: i, Err: me}
 		default:
 			// A result set: never sent in a batch; drain it and give up.
 			return i, fmt.Errorf("statement %d returned a result set", i+1)
@@ -127,23 +138,9 @@ func (a *applyConn) flush(timeout time.Duration) (int, error) {
 	return n, nil
 }
 
-func (a *applyConn) close() {
+// Close closes the connection; it also interrupts a Flush waiting for answers.
+func (a *Conn) Close() {
 	if a.c != nil {
 		a.c.Close()
 	}
-}
-
-// isConnErr reports an error of the link, not of a statement.
-func isConnErr(err error) bool {
-	var se *stmtError
-	if errors.As(err, &se) {
-		return false
-	}
-	var me *mysql.MyError
-	if errors.As(err, &me) {
-		// Server going away / killed connection.
-		return me.Code == 1927 || me.Code == 1053 || me.Code == 2013 || me.Code == 2006
-	}
-	var ne net.Error
-	return errors.As(err, &ne) || err != nil
 }

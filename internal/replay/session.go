@@ -1,4 +1,4 @@
-package replicator
+package replay
 
 import (
 	"encoding/base64"

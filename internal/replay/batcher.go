@@ -1,0 +1,567 @@
+package replay
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/go-mysql-org/go-mysql/replication"
+
+	"github.com/binvault/binvault/internal/binlog"
+	"github.com/binvault/binvault/internal/usage"
+)
+
+// Mode is how source transactions become target transactions.
+type Mode int
+
+const (
+	// Replica keeps each source transaction its own target transaction,
+	// logged under the source GTID: the target can serve replicas later,
+	// and its GTID position is the checkpoint.
+	Replica Mode = iota
+	// Restore groups many source transactions into one target transaction
+	// with the session's binlog off: far fewer commits (fsyncs), for a
+	// server being rebuilt. The position is recorded by the Checkpoint
+	// statement inside each group.
+	Restore
+)
+
+// Txn is what the batcher tells about a source transaction.
+type Txn struct {
+	GTID string
+	Time uint32 // commit time, Unix seconds
+}
+
+// Options configure a Batcher.
+type Options struct {
+	Mode Mode
+	// BatchTxns and BatchBytes bound one round trip.
+	BatchTxns  int
+	BatchBytes int
+	// GroupTxns (Restore) is how many source transactions share one target
+	// transaction; GroupBytes bounds its size.
+	GroupTxns  int
+	GroupBytes int
+	Filter     Filter
+	// Skip reports a transaction already applied.
+	Skip func(gtid string) bool
+	// Due, when set, tells when a transaction may be applied (a delayed
+	// replica); the batcher sends what it holds, then sleeps until then.
+	Due func(t Txn) time.Time
+	// Stop (Restore) ends the replay before this transaction: ErrStop.
+	Stop func(t Txn) bool
+	// Checkpoint (Restore) returns a statement recording that everything
+	// up to gtid is applied; it runs inside the group it describes.
+	Checkpoint func(gtid string) string
+	// Committed is called for each source transaction once durable.
+	Committed func(t Txn)
+	// Flushed is called after each round trip with the transactions it
+	// committed and how long it took.
+	Flushed func(txns int, d time.Duration)
+	Log     *slog.Logger
+}
+
+// ErrStop: the replay reached the transaction Stop chose.
+var ErrStop = errors.New("stop point reached")
+
+// ApplyError is a transaction the target refused.
+type ApplyError struct {
+	GTID      string
+	Statement string
+	Err       *mysql.MyError
+}
+
+func (e *ApplyError) Error() string {
+	return fmt.Sprintf("target refused transaction %s: error %d: %s (statement: %s)", e.GTID, e.Err.Code, e.Err.Message, e.Statement)
+}
+
+// Batcher turns source events into statements and sends many transactions
+// per round trip. The statement that completes a transaction (its COMMIT,
+// the DDL itself, or in Restore mode the group's COMMIT) tells by its
+// answer that the transaction is durable.
+type Batcher struct {
+	c    *Conn
+	o    Options
+	sess *session
+
+	refs  []stmtRef // one per statement in the pending packet
+	txns  int       // transactions completed by the pending packet
+	cur   *txnState
+	grp   binlog.Grouper
+	colls map[uint32][2]string
+
+	// Restore mode: the open target transaction.
+	group      []Txn
+	groupOpen  bool
+	groupBytes int
+	lastGTID   string
+}
+
+type stmtRef struct {
+	t    *txnState
+	ends []Txn // transactions this statement completes
+	desc string
+}
+
+type tableMap struct {
+	name     string
+	raw      []byte
+	included bool
+}
+
+type txnState struct {
+	Txn
+	skip       bool
+	standalone bool // no BEGIN: the first query ends it
+	begun      bool
+	tables     map[uint64]tableMap
+	chunk      [][]byte
+	chunkBytes int
+	inChunk    map[uint64]bool
+	desc       []string
+}
+
+// New prepares a batcher on c; the session starts fresh (the format
+// description is sent before the first rows).
+func New(c *Conn, o Options) *Batcher {
+	if o.BatchTxns <= 0 {
+		o.BatchTxns = 64
+	}
+	if o.BatchBytes <= 0 {
+		o.BatchBytes = 4 << 20
+	}
+	if o.GroupTxns <= 0 {
+		o.GroupTxns = 200
+	}
+	if o.GroupBytes <= 0 {
+		o.GroupBytes = 64 << 20
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	return &Batcher{c: c, o: o, sess: &session{}}
+}
+
+// Full reports that the pending packet should be sent.
+func (b *Batcher) Full() bool {
+	stmts, size := b.c.pending()
+	return b.txns >= b.o.BatchTxns || size >= b.o.BatchBytes || stmts >= 4096
+}
+
+func (b *Batcher) add(stmt []byte, desc string) *stmtRef {
+	b.c.add(stmt)
+	b.refs = append(b.refs, stmtRef{t: b.cur, desc: desc})
+	return &b.refs[len(b.refs)-1]
+}
+
+func (b *Batcher) addString(stmt string) *stmtRef { return b.add([]byte(stmt), shorten(stmt)) }
+
+// end records that the current transaction is complete once the statement
+// just added succeeds (Replica), or joins the open group (Restore).
+func (b *Batcher) end() error {
+	t := b.cur
+	b.cur = nil
+	if b.o.Mode == Replica {
+		r := &b.refs[len(b.refs)-1]
+		r.ends = append(r.ends, t.Txn)
+		b.txns++
+		return nil
+	}
+	b.group = append(b.group, t.Txn)
+	if t.GTID != "" {
+		b.lastGTID = t.GTID
+	}
+	if len(b.group) >= b.o.GroupTxns || b.groupBytes >= b.o.GroupBytes {
+		b.commitGroup()
+	}
+	return nil
+}
+
+// commitGroup ends the open target transaction (Restore mode).
+func (b *Batcher) commitGroup() {
+	if !b.groupOpen {
+		return
+	}
+	if b.o.Checkpoint != nil && b.lastGTID != "" {
+		b.addString(b.o.Checkpoint(b.lastGTID))
+	}
+	r := b.addString("COMMIT")
+	r.t = nil
+	r.ends = append(r.ends, b.group...)
+	b.txns += len(b.group)
+	b.group, b.groupOpen, b.groupBytes = nil, false, 0
+}
+
+// Event takes the next event of the stream.
+func (b *Batcher) Event(ctx context.Context, ev binlog.Event) error {
+	if ev.Header.Type == replication.FORMAT_DESCRIPTION_EVENT {
+		if !bytes.Equal(b.sess.fde, ev.Raw) {
+			// Each connection needs the format description before any row
+			// event (else error 1609), and again when it changes.
+			cur := b.cur
+			b.cur = nil
+			b.add(binlogStatement([][]byte{ev.Raw}), "BINLOG (format description)")
+			b.cur = cur
+			b.sess.fde = append([]byte(nil), ev.Raw...)
+		}
+		return nil
+	}
+	role, err := b.grp.Feed(ev)
+	if err != nil {
+		return err
+	}
+	switch role {
+	case binlog.Outside:
+		return nil
+	case binlog.Begin:
+		return b.begin(ctx, ev)
+	}
+	t := b.cur
+	if t == nil || t.skip {
+		if role == binlog.End {
+			b.grp.Txn()
+			b.cur = nil
+		}
+		return nil
+	}
+	if role == binlog.End {
+		defer b.grp.Txn()
+	}
+	b.groupBytes += len(ev.Raw)
+	switch e := ev.Parsed.(type) {
+	case *replication.TableMapEvent:
+		id := e.TableID
+		tm := tableMap{name: string(e.Schema) + "." + string(e.Table), raw: ev.Raw, included: b.o.Filter.Table(string(e.Schema), string(e.Table))}
+		t.tables[id] = tm
+		if tm.included {
+			// In stream order: each statement's table maps precede its
+			// rows, and the server forgets them at the statement's end.
+			t.chunk = append(t.chunk, tm.raw)
+			t.chunkBytes += len(tm.raw)
+			t.inChunk[id] = true
+			t.desc = append(t.desc, tm.name)
+		}
+		return nil
+	case *replication.RowsEvent:
+		tm, ok := t.tables[e.TableID]
+		if !ok {
+			return fmt.Errorf("transaction %s: rows event for table id %d without a table map", t.GTID, e.TableID)
+		}
+		if !tm.included {
+			return nil
+		}
+		if !t.inChunk[e.TableID] {
+			// A statement split across BINLOG statements: each piece needs
+			// the table map of its rows, or the server skips them silently.
+			t.chunk = append(t.chunk, tm.raw)
+			t.chunkBytes += len(tm.raw)
+			t.inChunk[e.TableID] = true
+		}
+		t.chunk = append(t.chunk, ev.Raw)
+		t.chunkBytes += len(ev.Raw)
+		if e.Flags&replication.RowsEventStmtEndFlag != 0 {
+			clear(t.inChunk)
+		}
+		if t.chunkBytes >= b.o.BatchBytes/2 {
+			b.flushChunk()
+		}
+		return nil
+	case *replication.XIDEvent:
+		b.flushChunk()
+		if b.o.Mode == Replica {
+			b.addString("COMMIT")
+		}
+		return b.end()
+	case *replication.QueryEvent:
+		return b.query(ev, e, role)
+	case *replication.IntVarEvent:
+		s, err := intVarStatement(e)
+		if err != nil {
+			return err
+		}
+		b.addString(s)
+		return nil
+	}
+	switch ev.Header.Type {
+	case replication.RAND_EVENT:
+		s, err := randStatement(ev.Raw[binlog.HeaderSize : len(ev.Raw)-4])
+		if err != nil {
+			return err
+		}
+		b.addString(s)
+		return nil
+	case replication.USER_VAR_EVENT:
+		s, err := userVarStatement(ev.Raw[binlog.HeaderSize:len(ev.Raw)-4], b.collation)
+		if err != nil {
+			return err
+		}
+		b.addString(s)
+		return nil
+	case replication.MARIADB_ANNOTATE_ROWS_EVENT:
+		return nil
+	}
+	return usage.Errorf("transaction %s holds a %s event, which binvault cannot replay yet; the archive keeps it", t.GTID, ev.Header.Type)
+}
+
+func (b *Batcher) begin(ctx context.Context, ev binlog.Event) error {
+	t := &txnState{Txn: Txn{Time: ev.Header.Timestamp}, tables: map[uint64]tableMap{}, inChunk: map[uint64]bool{}}
+	var setGTID []string
+	mariadb := false
+	switch e := ev.Parsed.(type) {
+	case *replication.MariadbGTIDEvent:
+		mariadb = true
+		t.GTID = fmt.Sprintf("%d-%d-%d", e.GTID.DomainID, ev.Header.ServerID, e.GTID.SequenceNumber)
+		t.standalone = e.Flags&replication.BINLOG_MARIADB_FL_STANDALONE != 0
+		// Domain and server in one SET, the sequence number in another:
+		// in one statement the strict-mode check would use the old domain.
+		setGTID = []string{
+			fmt.Sprintf("SET @@session.gtid_domain_id=%d, @@session.server_id=%d", e.GTID.DomainID, ev.Header.ServerID),
+			fmt.Sprintf("SET @@session.gtid_seq_no=%d", e.GTID.SequenceNumber),
+		}
+	case *replication.GTIDEvent:
+		t.standalone = true
+		if ev.Header.Type == replication.GTID_EVENT {
+			t.GTID = mysqlGTIDString(e)
+			setGTID = []string{fmt.Sprintf("SET @@SESSION.GTID_NEXT='%s'", t.GTID)}
+		} else {
+			setGTID = []string{"SET @@SESSION.GTID_NEXT='ANONYMOUS'"}
+		}
+	default:
+		return fmt.Errorf("unexpected transaction start %s", ev.Header.Type)
+	}
+	if t.GTID != "" && b.o.Skip != nil && b.o.Skip(t.GTID) {
+		t.skip = true
+		b.cur = t
+		return nil
+	}
+	if b.o.Stop != nil && b.o.Stop(t.Txn) {
+		return ErrStop
+	}
+	if b.o.Due != nil {
+		if wait := time.Until(b.o.Due(t.Txn)); wait > 0 {
+			if err := b.Flush(); err != nil {
+				return err
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(wait):
+			}
+		}
+	}
+	b.cur = t
+	if b.o.Mode == Restore {
+		if t.standalone && b.groupOpen {
+			// DDL commits implicitly: close the group before it.
+			b.commitGroup()
+		}
+		if !t.standalone && !b.groupOpen {
+			b.addString("BEGIN")
+			b.groupOpen = true
+		}
+		t.begun = !t.standalone
+		return nil
+	}
+	for _, s := range setGTID {
+		b.addString(s)
+	}
+	if !t.standalone {
+		// The target's binlog gets the primary's timestamps (a statement
+		// group sets its own, with microseconds).
+		b.addString(fmt.Sprintf("SET TIMESTAMP=%d", t.Time))
+	}
+	if mariadb && !t.standalone {
+		// MariaDB logs no BEGIN: its GTID event opens the group. Without
+		// BEGIN each rows statement would commit alone, under its own GTID.
+		t.begun = true
+		b.addString("BEGIN")
+	}
+	return nil
+}
+
+func (b *Batcher) query(ev binlog.Event, q *replication.QueryEvent, role binlog.Role) error {
+	t := b.cur
+	text := strings.TrimSpace(string(q.Query))
+	switch strings.ToUpper(text) {
+	case "BEGIN":
+		if !t.begun {
+			t.begun = true
+			if b.o.Mode == Replica {
+				b.addString("BEGIN")
+			} else if !b.groupOpen {
+				b.addString("BEGIN")
+				b.groupOpen = true
+			}
+		}
+		return nil
+	case "COMMIT":
+		b.flushChunk()
+		if b.o.Mode == Replica {
+			b.addString("COMMIT")
+		}
+		return b.end()
+	case "ROLLBACK":
+		b.flushChunk()
+		if b.o.Mode == Replica {
+			b.addString("ROLLBACK")
+		}
+		// In a group, ROLLBACK would undo the other transactions too; what
+		// such a transaction logged is non-transactional (InnoDB changes of
+		// a rolled back transaction are never logged), so nothing to undo.
+		return b.end()
+	}
+	b.flushChunk()
+	if !b.o.Filter.Database(string(q.Schema)) {
+		if role == binlog.End {
+			// Filtered out, yet the transaction must end here: a statement
+			// that neither writes nor logs anything.
+			b.addString("DO 0")
+			return b.end()
+		}
+		return nil
+	}
+	setup, err := b.sess.querySetup(replication.EventHeader{Timestamp: ev.Header.Timestamp, Flags: ev.Header.Flags}, q)
+	if err != nil {
+		return fmt.Errorf("transaction %s: %w", t.GTID, err)
+	}
+	for _, s := range setup {
+		b.addString(s)
+	}
+	b.add(q.Query, shorten(text))
+	if role == binlog.End {
+		if b.o.Mode == Restore && t.standalone {
+			// The DDL ran on its own; its checkpoint follows at once.
+			b.group = append(b.group, t.Txn)
+			if t.GTID != "" {
+				b.lastGTID = t.GTID
+			}
+			if b.o.Checkpoint != nil && b.lastGTID != "" {
+				b.addString(b.o.Checkpoint(b.lastGTID))
+			}
+			r := &b.refs[len(b.refs)-1]
+			r.ends = append(r.ends, b.group...)
+			b.txns += len(b.group)
+			b.group = nil
+			b.cur = nil
+			return nil
+		}
+		return b.end()
+	}
+	return nil
+}
+
+// flushChunk turns the rows collected so far into one BINLOG statement. A
+// chunk always carries the table maps of its rows (a rows event without
+// its table map in the same statement is silently skipped by the server).
+func (b *Batcher) flushChunk() {
+	t := b.cur
+	if t == nil || len(t.chunk) == 0 {
+		return
+	}
+	b.add(binlogStatement(t.chunk), "BINLOG (rows of "+strings.Join(t.desc, ", ")+")")
+	t.chunk, t.chunkBytes, t.desc = t.chunk[:0], 0, t.desc[:0]
+	clear(t.inChunk)
+}
+
+// Finish closes the open group (Restore) and sends what is pending.
+func (b *Batcher) Finish() error {
+	if b.cur != nil && !b.cur.skip {
+		return fmt.Errorf("the stream ended inside transaction %s", b.cur.GTID)
+	}
+	b.commitGroup()
+	return b.Flush()
+}
+
+// Flush sends the pending statements and reports what committed.
+func (b *Batcher) Flush() error {
+	if len(b.refs) == 0 {
+		return nil
+	}
+	start := time.Now()
+	if b.o.Log.Enabled(context.Background(), slog.LevelDebug) {
+		var descs []string
+		for _, r := range b.refs {
+			d := r.desc
+			if len(r.ends) > 0 {
+				d += fmt.Sprintf(" [ends %d]", len(r.ends))
+			}
+			descs = append(descs, d)
+		}
+		b.o.Log.Debug("batch", "statements", strings.Join(descs, " ; "))
+	}
+	n, err := b.c.flush(0)
+	committed := 0
+	for i := 0; i < n; i++ {
+		for _, t := range b.refs[i].ends {
+			committed++
+			if b.o.Committed != nil {
+				b.o.Committed(t)
+			}
+		}
+	}
+	refs := b.refs
+	b.refs = b.refs[:0]
+	b.txns = 0
+	if err != nil {
+		var se *StmtError
+		if errors.As(err, &se) {
+			r := refs[se.Index]
+			// The failed statement is undone but its transaction stays
+			// open; without ROLLBACK the next BEGIN would commit it.
+			b.c.Exec("ROLLBACK")
+			b.groupOpen, b.group = false, nil
+			gtid := "(none)"
+			switch {
+			case r.t != nil:
+				gtid = r.t.GTID
+			case len(r.ends) > 0:
+				gtid = r.ends[0].GTID + ".." + r.ends[len(r.ends)-1].GTID
+			}
+			return &ApplyError{GTID: gtid, Statement: r.desc, Err: se.Err}
+		}
+		return err
+	}
+	if b.o.Flushed != nil && committed > 0 {
+		b.o.Flushed(committed, time.Since(start))
+	}
+	return nil
+}
+
+// collation names a collation id, asking the server once.
+func (b *Batcher) collation(id uint32) (string, string, bool) {
+	if b.colls == nil {
+		b.colls = map[uint32][2]string{}
+		r, err := b.c.c.Execute("SELECT ID, CHARACTER_SET_NAME, COLLATION_NAME FROM information_schema.COLLATIONS")
+		if err == nil {
+			for i := range r.RowNumber() {
+				cid, _ := r.GetInt(i, 0)
+				cs, _ := r.GetString(i, 1)
+				name, _ := r.GetString(i, 2)
+				b.colls[uint32(cid)] = [2]string{cs, name}
+			}
+		}
+	}
+	c, ok := b.colls[id]
+	return c[0], c[1], ok
+}
+
+func shorten(s string) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > 200 {
+		return s[:200] + "…"
+	}
+	return s
+}
+
+func mysqlGTIDString(e *replication.GTIDEvent) string {
+	if len(e.SID) != 16 {
+		return ""
+	}
+	u := fmt.Sprintf("%x", e.SID)
+	return fmt.Sprintf("%s-%s-%s-%s-%s:%d", u[0:8], u[8:12], u[12:16], u[16:20], u[20:32], e.GNO)
+}
