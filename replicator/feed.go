@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/binvault/binvault/internal/archive"
 	"github.com/binvault/binvault/internal/binlog"
@@ -44,7 +45,7 @@ func newFeed(ctx context.Context, sp *Spool, st storage.Store, flavor string, ap
 	}
 	contains := func(p binlog.Position) bool {
 		set, err := binlog.ParseGTIDSet(flavor, p.GTIDSet)
-		return err == nil && applied.Contains(set)
+		return err == nil && applied.Contains(set) && sameAtEqualSeq(flavor, applied.String(), p.GTIDSet)
 	}
 	pick := func(segs []archive.Segment) (uint64, bool, error) {
 		for _, s := range segs {
@@ -282,4 +283,32 @@ func (t *tailReader) Read(p []byte) (int, error) {
 		case <-ch:
 		}
 	}
+}
+
+// sameAtEqualSeq reports whether, in every domain where both positions stand
+// at the same sequence number, they name the same GTID. A segment is only
+// passed over when it is, so a replica whose own write took a sequence
+// number of the primary's domain is caught transaction by transaction.
+func sameAtEqualSeq(flavor, a, b string) bool {
+	if flavor != "mariadb" {
+		return true
+	}
+	at := map[uint64]string{}
+	for _, g := range strings.Split(a, ",") {
+		if d, _, _, ok := splitMariaGTID(g); ok {
+			at[d] = strings.TrimSpace(g)
+		}
+	}
+	for _, g := range strings.Split(b, ",") {
+		d, _, seq, ok := splitMariaGTID(g)
+		if !ok {
+			continue
+		}
+		if have, ok := at[d]; ok {
+			if _, _, hseq, _ := splitMariaGTID(have); hseq == seq && have != strings.TrimSpace(g) {
+				return false
+			}
+		}
+	}
+	return true
 }

@@ -48,8 +48,9 @@ type Options struct {
 	GroupTxns  int
 	GroupBytes int
 	Filter     Filter
-	// Skip reports a transaction already applied.
-	Skip func(gtid string) bool
+	// Skip reports a transaction already applied; an error stops the
+	// replay (the target's history departs from the source's).
+	Skip func(gtid string) (bool, error)
 	// Due, when set, tells when a transaction may be applied (a delayed
 	// replica); the batcher sends what it holds, then sleeps until then.
 	Due func(t Txn) time.Time
@@ -334,10 +335,16 @@ func (b *Batcher) begin(ctx context.Context, ev binlog.Event) error {
 	default:
 		return fmt.Errorf("unexpected transaction start %s", ev.Header.Type)
 	}
-	if t.GTID != "" && b.o.Skip != nil && b.o.Skip(t.GTID) {
-		t.skip = true
-		b.cur = t
-		return nil
+	if t.GTID != "" && b.o.Skip != nil {
+		skip, err := b.o.Skip(t.GTID)
+		if err != nil {
+			return err
+		}
+		if skip {
+			t.skip = true
+			b.cur = t
+			return nil
+		}
 	}
 	if b.o.Stop != nil && b.o.Stop(t.Txn) {
 		return ErrStop
@@ -416,7 +423,7 @@ func (b *Batcher) query(ev binlog.Event, q *replication.QueryEvent, role binlog.
 		return b.end()
 	}
 	b.flushChunk()
-	if !b.o.Filter.Database(string(q.Schema)) {
+	if !b.allowed(text, string(q.Schema)) {
 		if role == binlog.End {
 			// Filtered out, yet the transaction must end here: a statement
 			// that neither writes nor logs anything.
@@ -425,7 +432,11 @@ func (b *Batcher) query(ev binlog.Event, q *replication.QueryEvent, role binlog.
 		}
 		return nil
 	}
-	setup, err := b.sess.querySetup(replication.EventHeader{Timestamp: ev.Header.Timestamp, Flags: ev.Header.Flags}, q)
+	// A filtered-out default database may not exist on the target: the
+	// statement then runs without it (it names its tables, or it would
+	// have been filtered out itself).
+	useDB := b.o.Filter.Database(string(q.Schema))
+	setup, err := b.sess.querySetup(replication.EventHeader{Timestamp: ev.Header.Timestamp, Flags: ev.Header.Flags}, q, useDB)
 	if err != nil {
 		return fmt.Errorf("transaction %s: %w", t.GTID, err)
 	}
@@ -453,6 +464,18 @@ func (b *Batcher) query(ev binlog.Event, q *replication.QueryEvent, role binlog.
 		return b.end()
 	}
 	return nil
+}
+
+// allowed decides a statement by what it changes: the table a DDL names,
+// else its default database.
+func (b *Batcher) allowed(text, defaultDB string) bool {
+	if db, table, ok := ddlTarget(text, defaultDB); ok {
+		if table != "" {
+			return b.o.Filter.Table(db, table)
+		}
+		return b.o.Filter.Database(db)
+	}
+	return b.o.Filter.Database(defaultDB)
 }
 
 // flushChunk turns the rows collected so far into one BINLOG statement. A

@@ -245,7 +245,7 @@ type session struct {
 
 // querySetup returns the statements that put the session in the context of
 // a query event, updating s.
-func (s *session) querySetup(h replication.EventHeader, q *replication.QueryEvent) ([]string, error) {
+func (s *session) querySetup(h replication.EventHeader, q *replication.QueryEvent, useDB bool) ([]string, error) {
 	st, err := parseStatusVars(q.StatusVars)
 	if err != nil {
 		return nil, err
@@ -299,7 +299,7 @@ func (s *session) querySetup(h replication.EventHeader, q *replication.QueryEven
 	// CREATE/DROP DATABASE carry the database they change, with
 	// LOG_EVENT_SUPPRESS_USE_F: it must not become the default database
 	// (it may not exist yet, or any more).
-	if db := string(q.Schema); db != "" && db != s.db && h.Flags&replication.LOG_EVENT_SUPPRESS_USE_F == 0 {
+	if db := string(q.Schema); useDB && db != "" && db != s.db && h.Flags&replication.LOG_EVENT_SUPPRESS_USE_F == 0 {
 		out = append(out, "USE "+quoteIdent(db))
 		s.db = db
 	}

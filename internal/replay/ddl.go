@@ -1,0 +1,269 @@
+package replay
+
+import (
+	"strings"
+	"unicode"
+)
+
+// ddlTarget finds the object a DDL statement changes, for filtering by
+// table rather than by the session's default database: "CREATE TABLE
+// app.t" run while `other` is the default database is about app.t. It
+// returns the database and table ("" for database-level statements), and
+// false when the statement is not DDL it recognises (then the default
+// database decides). For statements naming several tables (DROP TABLE a, b;
+// RENAME TABLE a TO b) the first decides.
+func ddlTarget(query, defaultDB string) (db, table string, ok bool) {
+	t := &tokens{s: query}
+	word := func() string { return strings.ToUpper(t.word()) }
+	optional := func(words ...string) {
+		for _, w := range words {
+			save := t.pos
+			if word() != w {
+				t.pos = save
+				return
+			}
+		}
+	}
+	skipAny := func(words ...string) {
+		for {
+			save := t.pos
+			w := word()
+			found := false
+			for _, x := range words {
+				if w == x {
+					found = true
+				}
+			}
+			if !found {
+				t.pos = save
+				return
+			}
+		}
+	}
+	name := func() (string, string, bool) {
+		a, ok := t.ident()
+		if !ok {
+			return "", "", false
+		}
+		if t.peek() == '.' {
+			t.pos++
+			b, ok := t.ident()
+			if !ok {
+				return "", "", false
+			}
+			return a, b, true
+		}
+		return defaultDB, a, true
+	}
+	ifExists := func() {
+		save := t.pos
+		if word() != "IF" {
+			t.pos = save
+			return
+		}
+		save = t.pos
+		if word() != "NOT" {
+			t.pos = save
+		}
+		word() // EXISTS
+	}
+	switch word() {
+	case "CREATE":
+		optional("OR", "REPLACE")
+		skipAny("TEMPORARY", "UNIQUE", "FULLTEXT", "SPATIAL", "ONLINE", "OFFLINE")
+		for i := 0; i < 64; i++ {
+			t.skipSpace()
+			if c := t.peek(); c == '`' || c == '\'' || c == '"' {
+				t.skipQuoted(c)
+				continue
+			}
+			save := t.pos
+			w := word()
+			switch w {
+			case "TABLE", "VIEW", "SEQUENCE":
+				ifExists()
+				return name()
+			case "DATABASE", "SCHEMA":
+				ifExists()
+				d, ok := t.ident()
+				return d, "", ok
+			case "INDEX":
+				ifExists()
+				t.ident()
+				if word() != "ON" {
+					return "", "", false
+				}
+				return name()
+			case "TRIGGER":
+				ifExists()
+				name()
+				// BEFORE|AFTER INSERT|UPDATE|DELETE ON table
+				for i := 0; i < 4; i++ {
+					if word() == "ON" {
+						return name()
+					}
+				}
+				return "", "", false
+			case "PROCEDURE", "FUNCTION", "EVENT", "PACKAGE":
+				ifExists()
+				d, _, ok := name()
+				return d, "", ok
+			case "":
+				return "", "", false
+			}
+			// ALGORITHM=..., DEFINER=..., SQL SECURITY ...: skip to the object keyword.
+			if t.pos == save {
+				return "", "", false
+			}
+		}
+		return "", "", false
+	case "ALTER":
+		skipAny("ONLINE", "OFFLINE", "IGNORE")
+		switch word() {
+		case "TABLE", "VIEW", "SEQUENCE":
+			ifExists()
+			return name()
+		case "DATABASE", "SCHEMA":
+			d, ok := t.ident()
+			return d, "", ok
+		}
+	case "DROP":
+		skipAny("TEMPORARY")
+		switch word() {
+		case "TABLE", "TABLES", "VIEW", "SEQUENCE":
+			ifExists()
+			return name()
+		case "DATABASE", "SCHEMA":
+			ifExists()
+			d, ok := t.ident()
+			return d, "", ok
+		case "INDEX":
+			ifExists()
+			t.ident()
+			if word() != "ON" {
+				return "", "", false
+			}
+			return name()
+		case "TRIGGER", "PROCEDURE", "FUNCTION", "EVENT", "PACKAGE":
+			ifExists()
+			d, _, ok := name()
+			return d, "", ok
+		}
+	case "TRUNCATE":
+		optional("TABLE")
+		return name()
+	case "RENAME":
+		if w := word(); w == "TABLE" || w == "TABLES" {
+			ifExists()
+			return name()
+		}
+	}
+	return "", "", false
+}
+
+// tokens is a minimal SQL scanner: words, quoted identifiers, comments.
+type tokens struct {
+	s   string
+	pos int
+}
+
+func (t *tokens) skipSpace() {
+	for t.pos < len(t.s) {
+		c := t.s[t.pos]
+		switch {
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r':
+			t.pos++
+		case strings.HasPrefix(t.s[t.pos:], "/*"):
+			end := strings.Index(t.s[t.pos+2:], "*/")
+			if end < 0 {
+				t.pos = len(t.s)
+				return
+			}
+			t.pos += end + 4
+		case strings.HasPrefix(t.s[t.pos:], "-- ") || c == '#':
+			end := strings.IndexByte(t.s[t.pos:], '\n')
+			if end < 0 {
+				t.pos = len(t.s)
+				return
+			}
+			t.pos += end + 1
+		default:
+			return
+		}
+	}
+}
+
+// skipQuoted steps over a quoted string or identifier.
+func (t *tokens) skipQuoted(q byte) {
+	t.pos++
+	for t.pos < len(t.s) {
+		c := t.s[t.pos]
+		t.pos++
+		if c == '\\' && q != '`' {
+			t.pos++
+			continue
+		}
+		if c == q {
+			if t.peek() == q {
+				t.pos++
+				continue
+			}
+			return
+		}
+	}
+}
+
+func (t *tokens) peek() byte {
+	if t.pos < len(t.s) {
+		return t.s[t.pos]
+	}
+	return 0
+}
+
+// word reads a bare word; "" when the next token is not one.
+func (t *tokens) word() string {
+	t.skipSpace()
+	start := t.pos
+	for t.pos < len(t.s) {
+		r := rune(t.s[t.pos])
+		if r == '_' || r == '$' || unicode.IsLetter(r) || unicode.IsDigit(r) || r >= 0x80 {
+			t.pos++
+			continue
+		}
+		break
+	}
+	if t.pos == start && t.pos < len(t.s) && t.s[t.pos] != '`' && t.s[t.pos] != '.' {
+		// An operator or punctuation (ALGORITHM=MERGE): step over it.
+		t.pos++
+		return t.s[start:t.pos]
+	}
+	return t.s[start:t.pos]
+}
+
+// ident reads a bare or backquoted identifier.
+func (t *tokens) ident() (string, bool) {
+	t.skipSpace()
+	if t.peek() == '`' {
+		var b strings.Builder
+		t.pos++
+		for t.pos < len(t.s) {
+			c := t.s[t.pos]
+			t.pos++
+			if c == '`' {
+				if t.peek() == '`' {
+					b.WriteByte('`')
+					t.pos++
+					continue
+				}
+				return b.String(), true
+			}
+			b.WriteByte(c)
+		}
+		return "", false
+	}
+	w := t.word()
+	if w == "" || !(unicode.IsLetter(rune(w[0])) || unicode.IsDigit(rune(w[0])) || w[0] == '_' || w[0] == '$' || w[0] >= 0x80) {
+		return "", false
+	}
+	return w, true
+}
