@@ -299,6 +299,19 @@ func printStatus(g *globals, rep statusReport) {
 		if st.Archive.LastError != "" {
 			fmt.Fprintf(g.stdout, "%-8s last upload error: %s\n", "", oneLine(st.Archive.LastError))
 		}
+		if r := st.Replica; r != nil {
+			what := "applier disconnected"
+			switch {
+			case r.Stopped:
+				what = "applier STOPPED"
+			case r.Connected:
+				what = "applier connected"
+			}
+			fmt.Fprintf(g.stdout, "%-8s %s  applied to gtid %q  %.0f transactions and %s behind\n", "", what, r.Position, r.TransactionsBehind, roundDur(r.SecondsBehind))
+			if r.LastError != "" {
+				fmt.Fprintf(g.stdout, "%-8s last apply error: %s\n", "", oneLine(r.LastError))
+			}
+		}
 	} else {
 		fmt.Fprintf(g.stdout, "%-8s not running\n", "daemon")
 	}
