@@ -56,9 +56,9 @@ type Options struct {
 	Due func(t Txn) time.Time
 	// Stop (Restore) ends the replay before this transaction: ErrStop.
 	Stop func(t Txn) bool
-	// Checkpoint (Restore) returns a statement recording that everything
-	// up to gtid is applied; it runs inside the group it describes.
-	Checkpoint func(gtid string) string
+	// Checkpoint (Restore) returns a statement recording that the group's
+	// transactions are applied; it runs inside the group it describes.
+	Checkpoint func(group []Txn) string
 	// Committed is called for each source transaction once durable.
 	Committed func(t Txn)
 	// Flushed is called after each round trip with the transactions it
@@ -100,7 +100,6 @@ type Batcher struct {
 	group      []Txn
 	groupOpen  bool
 	groupBytes int
-	lastGTID   string
 }
 
 type stmtRef struct {
@@ -174,9 +173,6 @@ func (b *Batcher) end() error {
 		return nil
 	}
 	b.group = append(b.group, t.Txn)
-	if t.GTID != "" {
-		b.lastGTID = t.GTID
-	}
 	if len(b.group) >= b.o.GroupTxns || b.groupBytes >= b.o.GroupBytes {
 		b.commitGroup()
 	}
@@ -188,8 +184,8 @@ func (b *Batcher) commitGroup() {
 	if !b.groupOpen {
 		return
 	}
-	if b.o.Checkpoint != nil && b.lastGTID != "" {
-		b.addString(b.o.Checkpoint(b.lastGTID))
+	if b.o.Checkpoint != nil {
+		b.addString(b.o.Checkpoint(b.group))
 	}
 	r := b.addString("COMMIT")
 	r.t = nil
@@ -448,11 +444,8 @@ func (b *Batcher) query(ev binlog.Event, q *replication.QueryEvent, role binlog.
 		if b.o.Mode == Restore && t.standalone {
 			// The DDL ran on its own; its checkpoint follows at once.
 			b.group = append(b.group, t.Txn)
-			if t.GTID != "" {
-				b.lastGTID = t.GTID
-			}
-			if b.o.Checkpoint != nil && b.lastGTID != "" {
-				b.addString(b.o.Checkpoint(b.lastGTID))
+			if b.o.Checkpoint != nil {
+				b.addString(b.o.Checkpoint(b.group))
 			}
 			r := &b.refs[len(b.refs)-1]
 			r.ends = append(r.ends, b.group...)
