@@ -427,12 +427,12 @@ func relaxDurability(ctx context.Context, db *sql.DB, log *slog.Logger) (func(),
 		return func() {}, fmt.Sprintf("unchanged (innodb_flush_log_at_trx_commit=%s, sync_binlog=%s): the user may not change it", flush, sync)
 	}
 	return func() {
-			c, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			if _, err := db.ExecContext(c, fmt.Sprintf("SET GLOBAL innodb_flush_log_at_trx_commit=%s, GLOBAL sync_binlog=%s", flush, sync)); err != nil {
-				log.Error("could not put the target's durability settings back: set them by hand", "innodb_flush_log_at_trx_commit", flush, "sync_binlog", sync, "err", err.Error())
-			}
-		}, fmt.Sprintf("relaxed for the replay (innodb_flush_log_at_trx_commit=2, sync_binlog=0), then put back to %s and %s", flush, sync)
+		c, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if _, err := db.ExecContext(c, fmt.Sprintf("SET GLOBAL innodb_flush_log_at_trx_commit=%s, GLOBAL sync_binlog=%s", flush, sync)); err != nil {
+			log.Error("could not put the target's durability settings back: set them by hand", "innodb_flush_log_at_trx_commit", flush, "sync_binlog", sync, "err", err.Error())
+		}
+	}, fmt.Sprintf("relaxed for the replay (innodb_flush_log_at_trx_commit=2, sync_binlog=0), then put back to %s and %s", flush, sync)
 }
 
 // recordGTID makes the target's GTID state the restored position, so it can
