@@ -22,7 +22,8 @@ type scenario func(ctx context.Context, e *env) error
 
 // scenarios is every benchmark by name; add new ones here.
 var scenarios = map[string]scenario{
-	"backup": benchBackup,
+	"backup":  benchBackup,
+	"replica": benchReplica,
 }
 
 // env is what scenarios share: a work directory, the binvault binary, and

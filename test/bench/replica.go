@@ -1,0 +1,312 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/binvault/binvault/test/harness"
+)
+
+// The replica scenario: the catch-up speed of a replica on a backlog of
+// sysbench oltp_write_only transactions, three ways on the same data in the
+// same run: MariaDB's own replication single-threaded
+// (slave_parallel_threads=0), MariaDB's own with 4 optimistic parallel
+// threads, and binvault's applier. Every replica starts identical (each
+// replicated the prepare natively), all keep the servers' default
+// durability (innodb_flush_log_at_trx_commit=1), and they catch up one after
+// the other so none competes for the 2 CPUs. binvault reads the backlog
+// from its archive (the spool is released once archived), decompressing
+// it on the way.
+func benchReplica(ctx context.Context, e *env) error {
+	if _, err := exec.LookPath("sysbench"); err != nil {
+		return fmt.Errorf("sysbench not found: run BINVAULT_SETUP_BENCH=1 scripts/setup.sh (make bench does)")
+	}
+	tables, rows := envInt("BINVAULT_BENCH_REPLICA_TABLES", 4), envInt("BINVAULT_BENCH_REPLICA_TABLE_SIZE", 100000)
+	seconds := envInt("BINVAULT_BENCH_REPLICA_SECONDS", 30)
+	start := func(name string, id int, extra ...string) (*harness.MariaDB, error) {
+		m, err := harness.NewMariaDB(e.dir, name, harness.MariaDBOptions{ServerID: id, Extra: append([]string{"--innodb-buffer-pool-size=512M", "--innodb-log-file-size=256M"}, extra...)})
+		if err != nil {
+			return nil, err
+		}
+		e.cleanup(func() { m.Stop() })
+		if err := m.Start(); err != nil {
+			return nil, err
+		}
+		return m, m.Bootstrap()
+	}
+	p, err := start("primary", 1)
+	if err != nil {
+		return err
+	}
+	type replica struct {
+		name string
+		m    *harness.MariaDB
+	}
+	var replicas []replica
+	for i, r := range []struct {
+		name  string
+		extra []string
+	}{
+		{"native, 1 thread", []string{"--slave-parallel-threads=0"}},
+		{"native, 4 threads", []string{"--slave-parallel-threads=4", "--slave-parallel-mode=optimistic"}},
+		{"binvault", []string{"--read-only=ON"}},
+	} {
+		m, err := start(fmt.Sprintf("replica%d", i), 10+i, r.extra...)
+		if err != nil {
+			return err
+		}
+		replicas = append(replicas, replica{r.name, m})
+	}
+	pdb, err := p.Open("")
+	if err != nil {
+		return err
+	}
+	defer pdb.Close()
+	step("preparing sysbench (%d tables × %d rows); every replica replicates it natively", tables, rows)
+	for _, r := range replicas {
+		if err := execAll(r.m, fmt.Sprintf("CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT=%d, MASTER_USER='root', MASTER_PASSWORD='%s', MASTER_USE_GTID=slave_pos", p.Port, p.RootPassword), "START SLAVE"); err != nil {
+			return err
+		}
+	}
+	if _, err := pdb.Exec("CREATE DATABASE sbtest"); err != nil {
+		return err
+	}
+	if err := runCmd(ctx, "sysbench", append(replicaSysbenchArgs(p, tables, rows, 4), "prepare")...); err != nil {
+		return err
+	}
+	g0 := gtidPos(pdb)
+	for _, r := range replicas {
+		if err := waitPos(ctx, r.m, g0, 10*time.Minute); err != nil {
+			return err
+		}
+		if err := execAll(r.m, "STOP SLAVE"); err != nil {
+			return err
+		}
+	}
+	if err := execAll(replicas[2].m, "RESET SLAVE ALL"); err != nil {
+		return err
+	}
+
+	// The backlog, archived by binvault as it is written.
+	archiveDir := filepath.Join(e.dir, "replica-archive")
+	os.MkdirAll(archiveDir, 0o755)
+	cfg := func(withReplica bool) (string, error) {
+		body := fmt.Sprintf("source:\n  dsn: mysql://root:%s@%s\n  server_id: 9001\nstorage:\n  url: file://%s\nspool:\n  dir: %s\nhttp:\n  listen: \"\"\n",
+			p.RootPassword, p.Addr(), archiveDir, filepath.Join(e.dir, "replica-spool"))
+		if withReplica {
+			body += fmt.Sprintf("replica:\n  dsn: mysql://root:%s@%s\n", replicas[2].m.RootPassword, replicas[2].m.Addr())
+		}
+		path := filepath.Join(e.dir, fmt.Sprintf("replica-bench-%v.yaml", withReplica))
+		return path, os.WriteFile(path, []byte(body), 0o644)
+	}
+	archiveCfg, err := cfg(false)
+	if err != nil {
+		return err
+	}
+	d, err := startBinvault(e, archiveCfg)
+	if err != nil {
+		return err
+	}
+	step("writing the backlog: sysbench oltp_write_only, 4 threads, %d s (replicas stopped; binvault archives it)", seconds)
+	args := append([]string{"oltp_write_only"}, replicaSysbenchArgs(p, tables, rows, 4)[1:]...)
+	if err := runCmd(ctx, "sysbench", append(args, fmt.Sprintf("--time=%d", seconds), "run")...); err != nil {
+		d.stop()
+		return err
+	}
+	g1 := gtidPos(pdb)
+	txns := seqOf(g1) - seqOf(g0)
+	if err := waitArchived(ctx, e, archiveCfg, g1, 5*time.Minute); err != nil {
+		d.stop()
+		return err
+	}
+	if err := d.stop(); err != nil {
+		return err
+	}
+	step("backlog: %d transactions", txns)
+
+	type result struct {
+		name string
+		secs float64
+	}
+	var results []result
+	for i, r := range replicas {
+		step("catching up: %s", r.name)
+		t0 := time.Now()
+		if i < 2 {
+			if err := execAll(r.m, "START SLAVE"); err != nil {
+				return err
+			}
+		} else {
+			applyCfg, err := cfg(true)
+			if err != nil {
+				return err
+			}
+			if d, err = startBinvault(e, applyCfg); err != nil {
+				return err
+			}
+		}
+		err := waitPos(ctx, r.m, g1, 20*time.Minute)
+		el := time.Since(t0).Seconds()
+		if i == 2 {
+			d.stop()
+		}
+		if err != nil {
+			return err
+		}
+		results = append(results, result{r.name, el})
+	}
+	step("checking every replica against the primary (CHECKSUM TABLE)")
+	want, err := checksumSbtest(p, tables)
+	if err != nil {
+		return err
+	}
+	for _, r := range replicas {
+		got, err := checksumSbtest(r.m, tables)
+		if err != nil {
+			return err
+		}
+		if got != want {
+			return fmt.Errorf("%s differs from the primary after catching up", r.name)
+		}
+	}
+	fmt.Printf("\nreplica catch-up on %d sysbench oltp_write_only transactions (%d tables × %d rows), durable settings:\n", txns, tables, rows)
+	fmt.Printf("  %-20s %9s %10s %s\n", "applier", "seconds", "trx/s", "× native 1 thread")
+	for _, r := range results {
+		fmt.Printf("  %-20s %9.1f %10.0f %.2f\n", r.name, r.secs, float64(txns)/r.secs, results[0].secs/r.secs)
+	}
+	return nil
+}
+
+func replicaSysbenchArgs(m *harness.MariaDB, tables, rows, threads int) []string {
+	return []string{"oltp_write_only", "--db-driver=mysql", "--mysql-host=127.0.0.1", "--mysql-port=" + strconv.Itoa(m.Port),
+		"--mysql-user=root", "--mysql-password=" + m.RootPassword, "--mysql-db=sbtest", "--mysql-ignore-errors=all",
+		"--tables=" + strconv.Itoa(tables), "--table-size=" + strconv.Itoa(rows), "--threads=" + strconv.Itoa(threads)}
+}
+
+func runCmd(ctx context.Context, name string, args ...string) error {
+	cmd := exec.CommandContext(ctx, name, args...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s: %v\n%s", name, err, out)
+	}
+	return nil
+}
+
+func execAll(m *harness.MariaDB, stmts ...string) error {
+	db, err := m.Open("")
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	for _, s := range stmts {
+		if _, err := db.Exec(s); err != nil {
+			return fmt.Errorf("%s: %s: %w", m.Name, s, err)
+		}
+	}
+	return nil
+}
+
+func gtidPos(db *sql.DB) string {
+	var s string
+	db.QueryRow("SELECT @@gtid_binlog_pos").Scan(&s)
+	return s
+}
+
+func seqOf(gtid string) int64 {
+	var d, s, n int64
+	fmt.Sscanf(gtid, "%d-%d-%d", &d, &s, &n)
+	return n
+}
+
+func waitPos(ctx context.Context, m *harness.MariaDB, want string, timeout time.Duration) error {
+	db, err := m.Open("")
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	deadline := time.Now().Add(timeout)
+	for {
+		var pos string
+		db.QueryRow("SELECT @@gtid_binlog_pos").Scan(&pos)
+		if pos == want {
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("%s reached %q, not %q, within %v", m.Name, pos, want, timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+type binvaultProc struct{ cmd *exec.Cmd }
+
+func startBinvault(e *env, cfg string) (*binvaultProc, error) {
+	logf, err := os.OpenFile(filepath.Join(e.dir, "binvault-replica.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(e.binvault, "run", "--config", cfg)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	b := &binvaultProc{cmd}
+	e.cleanup(func() { b.stop() })
+	return b, nil
+}
+
+func (b *binvaultProc) stop() error {
+	if b.cmd.ProcessState != nil {
+		return nil
+	}
+	b.cmd.Process.Signal(syscall.SIGTERM)
+	return b.cmd.Wait()
+}
+
+func waitArchived(ctx context.Context, e *env, cfg, want string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		out, _ := exec.CommandContext(ctx, e.binvault, "segments", "--config", cfg, "--json").Output()
+		var rep struct {
+			Coverage *struct {
+				End struct {
+					GTIDSet string `json:"gtid_set"`
+				} `json:"end"`
+			} `json:"coverage"`
+		}
+		if json.Unmarshal(out, &rep) == nil && rep.Coverage != nil && rep.Coverage.End.GTIDSet == want {
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("the archive did not reach %s within %v", want, timeout)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+func checksumSbtest(m *harness.MariaDB, tables int) (string, error) {
+	db, err := m.Open("")
+	if err != nil {
+		return "", err
+	}
+	defer db.Close()
+	var out []string
+	for i := 1; i <= tables; i++ {
+		var name, sum string
+		if err := db.QueryRow(fmt.Sprintf("CHECKSUM TABLE sbtest.sbtest%d", i)).Scan(&name, &sum); err != nil {
+			return "", err
+		}
+		out = append(out, sum)
+	}
+	return strings.Join(out, ","), nil
+}
