@@ -110,8 +110,7 @@ func Run(ctx context.Context, st storage.Store, dsn dbconn.DSN, o Options) (m *M
 		return nil, usage.Wrap(dbconn.Explain("source", dsn, err))
 	}
 	defer control.Close()
-	privs, err := checkPrivileges(ctx, control, info.Flavor, dsn)
-	if err != nil {
+	if err := checkPrivileges(ctx, control, info.Flavor, dsn); err != nil {
 		return nil, err
 	}
 
@@ -148,7 +147,7 @@ func Run(ctx context.Context, st storage.Store, dsn dbconn.DSN, o Options) (m *M
 			r.deleteWritten(log)
 		}
 	}()
-	if err := r.dump(ctx, db, control, privs); err != nil {
+	if err := r.dump(ctx, db, control); err != nil {
 		return nil, err
 	}
 	m = r.manifest(info, dsn)
@@ -158,14 +157,39 @@ func Run(ctx context.Context, st storage.Store, dsn dbconn.DSN, o Options) (m *M
 	if err != nil {
 		return nil, err
 	}
-	if _, err := st.PutIfAbsent(ctx, ManifestKey(id), bytes.NewReader(body)); err != nil {
-		return nil, fmt.Errorf("write the manifest: %w", err)
+	if err := r.writeManifest(ctx, body); err != nil {
+		return nil, err
 	}
-	r.manifestWritten = true
 	log.Info("backup complete", "position", m.Position.String(), "tables", len(m.Tables), "rows", m.Rows,
 		"bytes", m.Bytes, "stored_bytes", m.StoredBytes, "lock_held", time.Duration(m.LockHeldSeconds*float64(time.Second)).String(),
 		"duration", m.EndTime.Sub(m.StartTime).Round(time.Millisecond).String())
 	return m, nil
+}
+
+// writeManifest stores the manifest, the object that makes the backup
+// exist. A failed write may still have landed (a lost reply, or S3's
+// retried conditional PUT answering "exists"): the manifest is then looked
+// up, and when its state stays unknown the data objects are kept, since
+// deleting them under a manifest would leave a backup that cannot load.
+func (r *run) writeManifest(ctx context.Context, body []byte) error {
+	key := ManifestKey(r.id)
+	_, err := r.st.PutIfAbsent(ctx, key, bytes.NewReader(body))
+	if err == nil {
+		r.manifestWritten = true
+		return nil
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	oi, serr := r.st.Stat(sctx, key)
+	switch {
+	case serr == nil && oi.SHA256 == sha256Hex(body):
+		r.manifestWritten = true
+		return nil
+	case errors.Is(serr, storage.ErrNotFound):
+		return fmt.Errorf("write the manifest: %w", err)
+	}
+	r.manifestWritten = true // unknown: keep the objects
+	return fmt.Errorf("write the manifest %s: %w; whether it was stored is unknown (binvault backups will tell; an incomplete backup is cleaned up by the next one)", key, err)
 }
 
 // cleanLeftovers deletes the objects of earlier backups that never got a
@@ -226,7 +250,7 @@ type task struct {
 	est   int64
 }
 
-func (r *run) dump(ctx context.Context, db *sql.DB, control *sql.Conn, privs map[string]bool) error {
+func (r *run) dump(ctx context.Context, db *sql.DB, control *sql.Conn) error {
 	o := r.o
 	workers := make([]*sql.Conn, o.Parallel)
 	for i := range workers {

@@ -87,13 +87,12 @@ func self(backupID string, now time.Time) lockInfo {
 // acquireLock takes the backup lock or returns a *LockedError.
 func acquireLock(ctx context.Context, st storage.Store, backupID string, log *slog.Logger) (*heldLock, error) {
 	me := self(backupID, time.Now())
-	for attempt := 0; attempt < 5; attempt++ {
+	pause := 20 * time.Millisecond
+	for attempt := 0; attempt < 10; attempt++ {
 		body, _ := json.Marshal(me)
 		_, err := st.PutIfAbsent(ctx, LockKey, bytes.NewReader(body))
 		if err == nil {
-			l := &heldLock{st: st, log: log, info: me, lost: make(chan struct{}), stop: make(chan struct{}), stopped: make(chan struct{}), lastGood: time.Now()}
-			go l.renewLoop()
-			return l, nil
+			return holdLock(st, log, me), nil
 		}
 		if !errors.Is(err, storage.ErrExists) {
 			return nil, fmt.Errorf("take the backup lock %s: %w", LockKey, err)
@@ -107,7 +106,7 @@ func acquireLock(ctx context.Context, st storage.Store, backupID string, log *sl
 		}
 		if holder.Token == me.Token {
 			// Our own PutIfAbsent succeeded unseen (an S3 retry).
-			return acquireLockFrom(st, log, me), nil
+			return holdLock(st, log, me), nil
 		}
 		stale, why := isStale(holder, time.Now())
 		if !stale {
@@ -115,20 +114,35 @@ func acquireLock(ctx context.Context, st storage.Store, backupID string, log *sl
 		}
 		marker := lockBreakPrefix + holder.Token + ".json"
 		if _, err := st.PutIfAbsent(ctx, marker, bytes.NewReader(body)); err != nil {
-			if errors.Is(err, storage.ErrExists) {
-				continue // another process is breaking it: look again
+			if !errors.Is(err, storage.ErrExists) {
+				return nil, fmt.Errorf("break the stale backup lock: %w", err)
 			}
-			return nil, fmt.Errorf("break the stale backup lock: %w", err)
+			// Another process is breaking it: look again shortly. A marker
+			// as old as a stale lock belongs to a breaker that died midway.
+			if oi, serr := st.Stat(ctx, marker); serr == nil && !oi.ModTime.IsZero() && time.Since(oi.ModTime) > lockStaleAfter {
+				st.Delete(ctx, marker)
+			}
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(pause):
+			}
+			pause *= 2
+			continue
 		}
 		log.Warn("taking over a stale backup lock", "holder_backup", holder.BackupID, "holder_host", holder.Host, "holder_pid", holder.PID, "why", why)
-		if err := st.Delete(ctx, LockKey); err != nil {
-			return nil, fmt.Errorf("break the stale backup lock: %w", err)
+		// Delete only the lock judged stale, never one created since.
+		if cur, err := readLock(ctx, st); err == nil && cur.Token == holder.Token {
+			if err := st.Delete(ctx, LockKey); err != nil {
+				return nil, fmt.Errorf("break the stale backup lock: %w", err)
+			}
 		}
 	}
 	return nil, errors.New("could not take the backup lock: it changed hands repeatedly; try again")
 }
 
-func acquireLockFrom(st storage.Store, log *slog.Logger, me lockInfo) *heldLock {
+// holdLock starts renewing a lock just taken.
+func holdLock(st storage.Store, log *slog.Logger, me lockInfo) *heldLock {
 	l := &heldLock{st: st, log: log, info: me, lost: make(chan struct{}), stop: make(chan struct{}), stopped: make(chan struct{}), lastGood: time.Now()}
 	go l.renewLoop()
 	return l

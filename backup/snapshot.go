@@ -134,10 +134,10 @@ func globalPrivileges(ctx context.Context, c *sql.Conn) (map[string]bool, string
 }
 
 // checkPrivileges returns a usage error naming every missing privilege.
-func checkPrivileges(ctx context.Context, c *sql.Conn, flavor string, dsn dbconn.DSN) (optional map[string]bool, err error) {
+func checkPrivileges(ctx context.Context, c *sql.Conn, flavor string, dsn dbconn.DSN) error {
 	have, user, err := globalPrivileges(ctx, c)
 	if err != nil {
-		return nil, fmt.Errorf("source %s: read the user's privileges (SHOW GRANTS): %w", dsn, err)
+		return fmt.Errorf("source %s: read the user's privileges (SHOW GRANTS): %w", dsn, err)
 	}
 	var missing []string
 	for _, p := range RequiredPrivileges(flavor) {
@@ -146,10 +146,10 @@ func checkPrivileges(ctx context.Context, c *sql.Conn, flavor string, dsn dbconn
 		}
 	}
 	if len(missing) > 0 {
-		return nil, usage.Errorf("source %s: user %s lacks %s for backups: GRANT %s ON *.* TO %s",
+		return usage.Errorf("source %s: user %s lacks %s for backups: GRANT %s ON *.* TO %s",
 			dsn, user, strings.Join(missing, ", "), strings.Join(missing, ", "), quoteUser(user))
 	}
-	return have, nil
+	return nil
 }
 
 func quoteUser(u string) string {
