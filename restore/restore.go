@@ -201,7 +201,6 @@ func replaySegments(ctx context.Context, st storage.Store, plan *Plan, pos binlo
 	c.Exec("SET SESSION binlog_annotate_row_events=0")
 
 	target := plan.Target
-	var seenTarget bool
 	applied := pos.Clone() // what is committed on the target
 	queued := pos.Clone()  // what the batcher has taken
 	ckpt := pos.Clone()    // what the checkpoints written so far record
@@ -225,10 +224,11 @@ func replaySegments(ctx context.Context, st storage.Store, plan *Plan, pos binlo
 			case target.StopBefore != "":
 				return t.GTID == target.StopBefore
 			case target.GTID != "":
-				if seenTarget {
+				// Everything up to the target is taken (or was in the
+				// backup already): stop before the next one.
+				if queued.ContainsGTID(target.GTID) {
 					return true
 				}
-				seenTarget = t.GTID == target.GTID
 			}
 			queued.Add(t.GTID)
 			return false

@@ -24,6 +24,7 @@ type scenario func(ctx context.Context, e *env) error
 var scenarios = map[string]scenario{
 	"backup":  benchBackup,
 	"replica": benchReplica,
+	"restore": benchRestore,
 }
 
 // env is what scenarios share: a work directory, the binvault binary, and
