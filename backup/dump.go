@@ -344,6 +344,17 @@ func (r *run) plan(ctx context.Context, c *sql.Conn) ([]task, error) {
 		if len(t.columns) == 0 {
 			return nil, fmt.Errorf("table %s: no columns to dump", t.label())
 		}
+		// Each statement is one line of its object; a line break inside a
+		// quoted identifier (MariaDB allows one) would cut it in two.
+		names := []string{t.db, t.name}
+		for _, c := range t.columns {
+			names = append(names, c.name)
+		}
+		for _, n := range names {
+			if strings.ContainsRune(n, '\n') {
+				return nil, usage.Errorf("table %s: the name %q holds a line break, which binvault's backup format cannot carry: rename it", t.label(), n)
+			}
+		}
 		ranges, err := r.split(ctx, c, t)
 		if err != nil {
 			return nil, err

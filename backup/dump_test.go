@@ -154,3 +154,22 @@ func TestCancelledRunLeavesNothing(t *testing.T) {
 		t.Errorf("a cancelled backup left %v", keys)
 	}
 }
+
+// A line break in an identifier would split a statement's line: refused.
+func TestLineBreakInANameIsRefused(t *testing.T) {
+	dsn, p := startSource(t)
+	p.Exec(t, "CREATE TABLE a.`two\nlines` (id INT PRIMARY KEY)")
+	st, err := file.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = backup.Run(context.Background(), st, dsn, backup.Options{})
+	if err == nil || !strings.Contains(err.Error(), "line break") {
+		t.Fatalf("want a refusal naming the line break, got %v", err)
+	}
+	var keys []string
+	st.List(context.Background(), "", func(oi storage.ObjectInfo) error { keys = append(keys, oi.Key); return nil })
+	if len(keys) != 0 {
+		t.Errorf("a refused backup left %v", keys)
+	}
+}

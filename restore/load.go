@@ -213,8 +213,13 @@ func LoadBackup(ctx context.Context, st storage.Store, backupID, targetDSN strin
 	res.Bytes = o.Progress.Bytes.Load()
 
 	log.Info("creating routines, views, triggers and events", "definitions", len(post))
-	if err := createPostData(ctx, ddl, post); err != nil {
+	broken, err := createPostData(ctx, ddl, post)
+	if err != nil {
 		return res, err
+	}
+	for _, b := range broken {
+		log.Warn("a view could not be created", "view", b)
+		res.Warnings = append(res.Warnings, "view not created: "+b)
 	}
 	res.Duration = time.Since(started)
 	log.Info("backup loaded", "position", m.Position.String(), "tables", res.Tables, "rows", res.Rows, "duration", res.Duration.Round(time.Millisecond).String())
@@ -347,25 +352,28 @@ func createPreData(ctx context.Context, db *sql.DB, ddl *sql.Conn, defs []backup
 // createPostData creates routines, views, triggers and events in the
 // backup's order. A view may select from a view created after it, so
 // views that fail for a missing table are retried while others succeed.
-func createPostData(ctx context.Context, c *sql.Conn, defs []backup.Definition) error {
+// Views that still fail were already invalid on the source (a table they
+// name is gone): they are returned, not fatal, so one broken view does not
+// stop a restore.
+func createPostData(ctx context.Context, c *sql.Conn, defs []backup.Definition) (broken []string, err error) {
 	var pendingViews []backup.Definition
 	flushViews := func() error {
 		for len(pendingViews) > 0 {
 			var again []backup.Definition
-			var firstErr error
+			var errs []string
 			for _, v := range pendingViews {
 				if err := execDefinition(ctx, c, v); err != nil {
 					if !isMissingTable(err) {
 						return err
 					}
 					again = append(again, v)
-					if firstErr == nil {
-						firstErr = err
-					}
+					errs = append(errs, oneLine(err.Error()))
 				}
 			}
 			if len(again) == len(pendingViews) {
-				return firstErr
+				broken = append(broken, errs...)
+				pendingViews = nil
+				return nil
 			}
 			pendingViews = again
 		}
@@ -377,14 +385,16 @@ func createPostData(ctx context.Context, c *sql.Conn, defs []backup.Definition) 
 			continue
 		}
 		if err := flushViews(); err != nil {
-			return err
+			return broken, err
 		}
 		if err := execDefinition(ctx, c, d); err != nil {
-			return err
+			return broken, err
 		}
 	}
-	return flushViews()
+	return broken, flushViews()
 }
+
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
 func isMissingTable(err error) bool {
 	var me *mysql.MySQLError

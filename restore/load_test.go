@@ -130,3 +130,33 @@ func TestLoadChecksMaxAllowedPacket(t *testing.T) {
 		t.Error("the load created databases before refusing")
 	}
 }
+
+// A view already broken on the source (its table dropped) cannot be
+// created on the target: the load finishes and names it.
+func TestLoadReportsABrokenViewAndGoesOn(t *testing.T) {
+	ctx := context.Background()
+	p := harness.StartMariaDB(t, "primary", harness.MariaDBOptions{})
+	p.Exec(t, `CREATE DATABASE d; CREATE TABLE d.t (id INT PRIMARY KEY); CREATE TABLE d.gone (id INT);
+		CREATE VIEW d.ok AS SELECT id FROM d.t; CREATE VIEW d.broken AS SELECT id FROM d.gone; DROP TABLE d.gone;
+		INSERT INTO d.t VALUES (1)`)
+	st, err := file.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dsn, _ := dbconn.Parse(p.DSN("", ""))
+	m, err := backup.Run(ctx, st, dsn, backup.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := harness.StartMariaDB(t, "target", harness.MariaDBOptions{})
+	res, err := restore.LoadBackup(ctx, st, m.ID, target.DSN("", ""), restore.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Warnings) != 1 || !strings.Contains(res.Warnings[0], "broken") {
+		t.Errorf("warnings %v, want the broken view named", res.Warnings)
+	}
+	if got := target.QueryString(t, "SELECT COUNT(*) FROM d.ok"); got != "1" {
+		t.Errorf("the valid view: %s rows", got)
+	}
+}
