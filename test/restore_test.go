@@ -3,6 +3,7 @@ package test
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -325,5 +326,66 @@ func TestRestoreRefusesBadTargetsAndDamage(t *testing.T) {
 	r = binvault(t, rs.env, "restore", "--config", rs.cfg, "--target", target.DSN("", ""), "--latest")
 	if r.code != 2 || !strings.Contains(r.stderr, "--resume") || !strings.Contains(r.stderr, "--force") {
 		t.Fatalf("rerun over an unfinished restore: %s", r)
+	}
+}
+
+// "Someone ran DROP TABLE at 10:14": find its GTID, restore to just before it.
+func TestFindTheDropAndRestoreBeforeIt(t *testing.T) {
+	rs := newRestoreSetup(t)
+	p := rs.primary
+	p.Exec(t, "CREATE DATABASE shop; CREATE TABLE shop.orders (id INT PRIMARY KEY, qty INT); CREATE TABLE shop.log (id INT AUTO_INCREMENT PRIMARY KEY, note VARCHAR(20))")
+	if r := binvault(t, rs.env, "backup", "--config", rs.cfg); r.code != 0 {
+		t.Fatalf("backup: %s", r)
+	}
+	for i := 0; i < 30; i++ {
+		p.Exec(t, fmt.Sprintf("INSERT INTO shop.orders VALUES (%d, %d)", i, i))
+	}
+	p.Exec(t, "UPDATE shop.orders SET qty = qty + 1 WHERE id < 10; DELETE FROM shop.orders WHERE id >= 25")
+	p.Exec(t, "INSERT INTO shop.log (note) VALUES ('before')")
+	want := digestOf(t, p)
+	wantGTID := p.QueryString(t, "SELECT @@gtid_binlog_pos")
+	p.Exec(t, "DROP TABLE shop.orders")
+	p.Exec(t, "INSERT INTO shop.log (note) VALUES ('after')")
+	rs.waitArchived(t, 30*time.Second)
+
+	r := binvault(t, rs.env, "find", "--config", rs.cfg, "--table", "shop.orders", "--json")
+	if r.code != 0 {
+		t.Fatalf("find: %s", r)
+	}
+	var found struct {
+		Transactions []struct {
+			GTID      string `json:"gtid"`
+			Kind      string `json:"kind"`
+			Inserted  int    `json:"inserted"`
+			Updated   int    `json:"updated"`
+			Deleted   int    `json:"deleted"`
+			Statement string `json:"statement"`
+		} `json:"transactions"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &found); err != nil {
+		t.Fatal(err)
+	}
+	var drop string
+	ins, upd, del := 0, 0, 0
+	for _, f := range found.Transactions {
+		ins, upd, del = ins+f.Inserted, upd+f.Updated, del+f.Deleted
+		if f.Kind == "ddl" && strings.HasPrefix(f.Statement, "DROP TABLE") {
+			drop = f.GTID
+		}
+	}
+	if drop == "" || ins != 30 || upd != 10 || del != 5 {
+		t.Fatalf("find: drop %q, rows +%d ~%d -%d (want 30, 10, 5):\n%s", drop, ins, upd, del, r.stdout)
+	}
+	r = binvault(t, rs.env, "find", "--config", rs.cfg, "--table", "shop.orders", "--ddl")
+	if r.code != 0 || !strings.Contains(r.stdout, drop) || strings.Contains(r.stdout, "rows:") {
+		t.Fatalf("find --ddl: %s", r)
+	}
+	target, r := rs.restoreInto(t, "--stop-before-gtid", drop)
+	if r.code != 0 {
+		t.Fatalf("restore --stop-before-gtid %s: %s", drop, r)
+	}
+	sameDigests(t, "restore before the DROP", want, digestOf(t, target))
+	if got := target.QueryString(t, "SELECT @@gtid_binlog_pos"); got != wantGTID {
+		t.Fatalf("target at %q, want %q", got, wantGTID)
 	}
 }

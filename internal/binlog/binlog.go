@@ -106,6 +106,20 @@ type Reader struct {
 	Checksums bool
 }
 
+// NewReaderFull is NewReader with rows events decoded in full (row
+// images), for tools that count or show rows.
+func NewReaderFull(r io.Reader, flavor string) (*Reader, error) {
+	rd, err := NewReader(r, flavor)
+	if err != nil {
+		return nil, err
+	}
+	p := replication.NewBinlogParser()
+	p.SetFlavor(flavor)
+	p.SetVerifyChecksum(true)
+	rd.dec = &Decoder{p: p}
+	return rd, nil
+}
+
 // NewReader checks the magic and returns a reader positioned on the first event.
 func NewReader(r io.Reader, flavor string) (*Reader, error) {
 	br := bufio.NewReaderSize(r, 256<<10)

@@ -462,7 +462,7 @@ func (b *Batcher) query(ev binlog.Event, q *replication.QueryEvent, role binlog.
 // allowed decides a statement by what it changes: the table a DDL names,
 // else its default database.
 func (b *Batcher) allowed(text, defaultDB string) bool {
-	if db, table, ok := ddlTarget(text, defaultDB); ok {
+	if db, table, ok := DDLTarget(text, defaultDB); ok {
 		if table != "" {
 			return b.o.Filter.Table(db, table)
 		}

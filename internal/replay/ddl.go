@@ -5,14 +5,14 @@ import (
 	"unicode"
 )
 
-// ddlTarget finds the object a DDL statement changes, for filtering by
+// DDLTarget finds the object a DDL statement changes, for filtering by
 // table rather than by the session's default database: "CREATE TABLE
 // app.t" run while `other` is the default database is about app.t. It
 // returns the database and table ("" for database-level statements), and
 // false when the statement is not DDL it recognises (then the default
 // database decides). For statements naming several tables (DROP TABLE a, b;
 // RENAME TABLE a TO b) the first decides.
-func ddlTarget(query, defaultDB string) (db, table string, ok bool) {
+func DDLTarget(query, defaultDB string) (db, table string, ok bool) {
 	t := &tokens{s: query}
 	word := func() string { return strings.ToUpper(t.word()) }
 	optional := func(words ...string) {

@@ -27,9 +27,9 @@ func TestDDLTarget(t *testing.T) {
 		{"GRANT SELECT ON *.* TO u", "", "", "", false},
 		{"INSERT INTO t VALUES (1)", "d", "", "", false},
 	} {
-		db, table, ok := ddlTarget(c.q, c.def)
+		db, table, ok := DDLTarget(c.q, c.def)
 		if db != c.db || table != c.table || ok != c.ok {
-			t.Errorf("ddlTarget(%q) = %q, %q, %v; want %q, %q, %v", c.q, db, table, ok, c.db, c.table, c.ok)
+			t.Errorf("DDLTarget(%q) = %q, %q, %v; want %q, %q, %v", c.q, db, table, ok, c.db, c.table, c.ok)
 		}
 	}
 }
@@ -38,5 +38,5 @@ func FuzzDDLTarget(f *testing.F) {
 	for _, s := range []string{"CREATE TABLE a.b (x int)", "DROP TABLE `a", "CREATE DEFINER='x", "ALTER TABLE", "/*", "-- x"} {
 		f.Add(s)
 	}
-	f.Fuzz(func(t *testing.T, q string) { ddlTarget(q, "d") })
+	f.Fuzz(func(t *testing.T, q string) { DDLTarget(q, "d") })
 }
