@@ -25,6 +25,7 @@ var scenarios = map[string]scenario{
 	"backup":  benchBackup,
 	"replica": benchReplica,
 	"restore": benchRestore,
+	"rpo":     benchRPO,
 }
 
 // env is what scenarios share: a work directory, the binvault binary, and
