@@ -38,6 +38,8 @@ type LoadOptions struct {
 	Log   *slog.Logger
 	// Progress, when set, is updated as the load runs.
 	Progress *LoadProgress
+	// Databases loads only these databases (empty: all of the backup's).
+	Databases []string
 }
 
 // LoadProgress counts the load so far; safe to read while it runs.
@@ -139,6 +141,11 @@ func LoadBackup(ctx context.Context, st storage.Store, backupID, targetDSN strin
 	schema, err := backup.ReadSchema(ctx, st, m)
 	if err != nil {
 		return res, err
+	}
+	if len(o.Databases) > 0 {
+		if m, schema, err = onlyDatabases(m, schema, o.Databases); err != nil {
+			return res, err
+		}
 	}
 	res = Result{BackupID: backupID, Position: m.Position, Manifest: m}
 
@@ -694,4 +701,48 @@ func forEach(ctx context.Context, conns []*sql.Conn, n int, fn func(context.Cont
 	}
 	wg.Wait()
 	return first
+}
+
+// onlyDatabases narrows a backup to some of its databases.
+func onlyDatabases(m *backup.Manifest, schema *backup.Schema, dbs []string) (*backup.Manifest, *backup.Schema, error) {
+	want := map[string]bool{}
+	for _, d := range dbs {
+		want[d] = true
+	}
+	have := map[string]bool{}
+	for _, d := range m.Databases {
+		have[d] = true
+	}
+	for _, d := range dbs {
+		if !have[d] {
+			return nil, nil, usage.Errorf("--databases: backup %s holds no database %q (it holds %s)", m.ID, d, strings.Join(m.Databases, ", "))
+		}
+	}
+	nm := *m
+	nm.Databases, nm.Tables = nil, nil
+	nm.Rows, nm.Bytes = 0, 0
+	for _, d := range m.Databases {
+		if want[d] {
+			nm.Databases = append(nm.Databases, d)
+		}
+	}
+	for _, t := range m.Tables {
+		if want[t.Database] {
+			nm.Tables = append(nm.Tables, t)
+			nm.Rows += t.Rows
+			nm.Bytes += t.Bytes
+		}
+	}
+	ns := *schema
+	ns.Definitions = nil
+	for _, d := range schema.Definitions {
+		db := d.Database
+		if db == "" && d.Kind == backup.KindDatabase {
+			db = d.Name
+		}
+		if want[db] {
+			ns.Definitions = append(ns.Definitions, d)
+		}
+	}
+	return &nm, &ns, nil
 }

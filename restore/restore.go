@@ -132,7 +132,7 @@ func Run(ctx context.Context, st storage.Store, plan *Plan, o Options) (sum Summ
 			}
 		}
 		o.Progress.Phase.Store("loading backup")
-		lo := LoadOptions{Parallel: o.Parallel, Force: o.Force, Log: o.Log, Progress: &o.Progress.Load}
+		lo := LoadOptions{Parallel: o.Parallel, Force: o.Force, Log: o.Log, Progress: &o.Progress.Load, Databases: o.Databases}
 		res, err := LoadBackup(ctx, st, m.ID, o.TargetDSN, lo)
 		if err != nil {
 			return sum, err

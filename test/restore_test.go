@@ -389,3 +389,31 @@ func TestFindTheDropAndRestoreBeforeIt(t *testing.T) {
 		t.Fatalf("target at %q, want %q", got, wantGTID)
 	}
 }
+
+func TestRestoreSomeDatabases(t *testing.T) {
+	rs := newRestoreSetup(t)
+	p := rs.primary
+	p.Exec(t, "CREATE DATABASE shop; CREATE TABLE shop.orders (id INT PRIMARY KEY, qty INT); CREATE DATABASE other; CREATE TABLE other.t (id INT PRIMARY KEY)")
+	p.Exec(t, "INSERT INTO shop.orders VALUES (1, 1); INSERT INTO other.t VALUES (1)")
+	if r := binvault(t, rs.env, "backup", "--config", rs.cfg); r.code != 0 {
+		t.Fatalf("backup: %s", r)
+	}
+	p.Exec(t, "INSERT INTO shop.orders VALUES (2, 2); INSERT INTO other.t VALUES (2); ALTER TABLE shop.orders ADD COLUMN note VARCHAR(10); CREATE TABLE other.u (x INT)")
+	p.Exec(t, "UPDATE shop.orders SET note = 'n'")
+	rs.waitArchived(t, 30*time.Second)
+	want := map[string]string{}
+	for k, v := range digestOf(t, p) {
+		if strings.HasPrefix(k, "shop.") {
+			want[k] = v
+		}
+	}
+	target, r := rs.restoreInto(t, "--latest", "--databases", "shop")
+	if r.code != 0 {
+		t.Fatalf("restore --databases shop: %s", r)
+	}
+	sameDigests(t, "only shop", want, digestOf(t, target))
+	r = binvault(t, rs.env, "restore", "--config", rs.cfg, "--target", target.DSN("", ""), "--latest", "--databases", "nope", "--force")
+	if r.code != 2 || !strings.Contains(r.stderr, "nope") {
+		t.Fatalf("unknown database: %s", r)
+	}
+}

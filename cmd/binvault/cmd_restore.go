@@ -22,6 +22,7 @@ type restoreFlags struct {
 	latest, dryRun, force, resume      bool
 	asJSON                             bool
 	parallel                           int
+	databases                          []string
 }
 
 func newRestoreCmd(g *globals) *cobra.Command {
@@ -75,7 +76,7 @@ with --resume.`,
 			prog := &restore.Progress{}
 			stop := g.restoreProgress(prog)
 			sum, err := restore.Run(ctx, st, plan, restore.Options{TargetDSN: f.target, Parallel: f.parallel,
-				Force: f.force, Resume: f.resume, Log: slog.Default(), Progress: prog})
+				Force: f.force, Resume: f.resume, Databases: f.databases, Log: slog.Default(), Progress: prog})
 			stop()
 			if err != nil {
 				return err
@@ -100,6 +101,7 @@ with --resume.`,
 	fl.BoolVar(&f.resume, "resume", false, "continue an unfinished restore from its checkpoint")
 	fl.IntVar(&f.parallel, "parallel", 4, "tables loaded at once")
 	fl.BoolVar(&f.asJSON, "json", false, "print the plan or summary as one JSON document")
+	fl.StringSliceVar(&f.databases, "databases", nil, "restore only these databases (comma-separated); their rows and DDL are replayed, the rest skipped")
 	return c
 }
 
