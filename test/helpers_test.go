@@ -224,11 +224,24 @@ func archiveGTIDs(t testing.TB, st storage.Store) []string {
 func sameHistory(t testing.TB, want, got []string, from int) {
 	t.Helper()
 	want = want[from:]
+	missing, doubled := compareGTIDs(want, got)
+	if len(missing) > 0 || len(doubled) > 0 || len(got) != len(want) {
+		t.Fatalf("archive holds %d transactions, primary committed %d; missing %d %v; doubled %d %v",
+			len(got), len(want), len(missing), head(missing), len(doubled), head(doubled))
+	}
+	for i := range want {
+		if want[i] != got[i] {
+			t.Fatalf("archive order differs at %d: %s vs primary %s", i, got[i], want[i])
+		}
+	}
+}
+
+// compareGTIDs lists want's GTIDs absent from got, and those got holds twice.
+func compareGTIDs(want, got []string) (missing, doubled []string) {
 	seen := map[string]int{}
 	for _, g := range got {
 		seen[g]++
 	}
-	var missing, doubled []string
 	for _, w := range want {
 		if seen[w] == 0 {
 			missing = append(missing, w)
@@ -239,15 +252,7 @@ func sameHistory(t testing.TB, want, got []string, from int) {
 			doubled = append(doubled, g)
 		}
 	}
-	if len(missing) > 0 || len(doubled) > 0 || len(got) != len(want) {
-		t.Fatalf("archive holds %d transactions, primary committed %d; missing %d %v; doubled %d %v",
-			len(got), len(want), len(missing), head(missing), len(doubled), head(doubled))
-	}
-	for i := range want {
-		if want[i] != got[i] {
-			t.Fatalf("archive order differs at %d: %s vs primary %s", i, got[i], want[i])
-		}
-	}
+	return missing, doubled
 }
 
 func head(s []string) []string {

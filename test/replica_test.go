@@ -186,21 +186,7 @@ func TestReplicaExactlyOnceAcrossKill9OfDaemonAndReplica(t *testing.T) {
 
 // gtidDiff describes how got's GTID sequence departs from want's.
 func gtidDiff(want, got []string) string {
-	seen := map[string]int{}
-	for _, g := range got {
-		seen[g]++
-	}
-	var missing, doubled []string
-	for _, w := range want {
-		if seen[w] == 0 {
-			missing = append(missing, w)
-		}
-	}
-	for g, n := range seen {
-		if n > 1 {
-			doubled = append(doubled, g)
-		}
-	}
+	missing, doubled := compareGTIDs(want, got)
 	// Missing ones before the replica's newest GTID are holes, not lag.
 	last := ""
 	if len(got) > 0 {
