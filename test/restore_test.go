@@ -380,11 +380,18 @@ func TestFindTheDropAndRestoreBeforeIt(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stdout, drop) || strings.Contains(r.stdout, "rows:") {
 		t.Fatalf("find --ddl: %s", r)
 	}
+	// The primary is gone: restore needs only the store and the target.
+	if code := rs.d.stop(t, 10*time.Second); code != 0 {
+		t.Fatalf("daemon exit %d", code)
+	}
+	if err := p.Stop(); err != nil {
+		t.Fatal(err)
+	}
 	target, r := rs.restoreInto(t, "--stop-before-gtid", drop)
 	if r.code != 0 {
 		t.Fatalf("restore --stop-before-gtid %s: %s", drop, r)
 	}
-	sameDigests(t, "restore before the DROP", want, digestOf(t, target))
+	sameDigests(t, "restore before the DROP, the primary stopped", want, digestOf(t, target))
 	if got := target.QueryString(t, "SELECT @@gtid_binlog_pos"); got != wantGTID {
 		t.Fatalf("target at %q, want %q", got, wantGTID)
 	}
