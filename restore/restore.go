@@ -272,6 +272,7 @@ func replaySegments(ctx context.Context, st storage.Store, plan *Plan, pos binlo
 		os.Remove(f.path)
 		if errors.Is(err, replay.ErrStop) {
 			stopped = true
+			sum.Segments++ // read up to the stop point
 			break
 		}
 		if err != nil {
