@@ -368,7 +368,7 @@ func (a *Applier) session(ctx context.Context) error {
 		BatchTxns:  a.opts.BatchTxns,
 		BatchBytes: a.opts.BatchBytes,
 		Filter:     a.filter,
-		Skip:       skipper(a.flavor, mine),
+		Skip:       skipper(a.flavor, mine, a.recoveredDDL(c, applied), a.opts.Log),
 		Due:        a.due(),
 		Committed: func(t replay.Txn) {
 			mine.Add(t.GTID)
@@ -411,9 +411,12 @@ func (a *Applier) session(ctx context.Context) error {
 // skipper skips what the replica already has, and stops at a departure of
 // its history: a GTID with the sequence number the replica is at in that
 // domain but from another server is another transaction (the replica took
-// a write of its own); skipping it would lose the primary's.
-func skipper(flavor string, applied binlog.GTIDSet) func(string) (bool, error) {
-	return func(gtid string) (bool, error) {
+// a write of its own); skipping it would lose the primary's. One departure
+// is expected: a DDL the replica was running when it crashed is completed
+// by its crash recovery and logged under the replica's own server_id
+// (recoveredDDL); the primary's DDL at that sequence number took effect.
+func skipper(flavor string, applied binlog.GTIDSet, recoveredDDL map[string]bool, log *slog.Logger) func(string, bool) (bool, error) {
+	return func(gtid string, ddl bool) (bool, error) {
 		if !applied.ContainsGTID(gtid) {
 			return false, nil
 		}
@@ -426,12 +429,66 @@ func skipper(flavor string, applied binlog.GTIDSet) func(string) (bool, error) {
 		}
 		for _, have := range strings.Split(applied.String(), ",") {
 			hd, _, hseq, ok := splitMariaGTID(have)
-			if ok && hd == d && hseq == seq && have != gtid {
-				return false, usage.Errorf("the replica's history departs from the primary's: it holds GTID %s where the primary has %s (a write made on the replica itself); remove that transaction's effects and its GTID (or rebuild the replica from a backup), then restart", have, gtid)
+			if !ok || hd != d || hseq != seq || have == gtid {
+				continue
 			}
+			if ddl && recoveredDDL[strings.TrimSpace(have)] {
+				log.Warn("the replica completed this DDL in crash recovery and logged it under its own server_id; counting it as applied", "primary_gtid", gtid, "replica_gtid", have)
+				return true, nil
+			}
+			return false, usage.Errorf("the replica's history departs from the primary's: it holds GTID %s where the primary has %s (a write made on the replica itself); remove that transaction's effects and its GTID (or rebuild the replica from a backup), then restart", have, gtid)
 		}
 		return true, nil
 	}
+}
+
+// recoveredDDL finds, among the replica's newest GTIDs, those logged under
+// its own server_id as DDL: what crash recovery logs when it completes a
+// DDL that was running (atomic DDL, MariaDB 10.6+).
+func (a *Applier) recoveredDDL(c *replay.Conn, applied binlog.GTIDSet) map[string]bool {
+	out := map[string]bool{}
+	if a.flavor != dbconn.MariaDB {
+		return out
+	}
+	r, err := c.Query("SELECT @@server_id")
+	if err != nil {
+		return out
+	}
+	own, _ := r.GetUint(0, 0)
+	want := map[string]bool{}
+	for _, g := range strings.Split(applied.String(), ",") {
+		if _, server, _, ok := splitMariaGTID(g); ok && server == own {
+			want[strings.TrimSpace(g)] = true
+		}
+	}
+	if len(want) == 0 {
+		return out
+	}
+	logs, err := c.Query("SHOW BINARY LOGS")
+	if err != nil {
+		return out
+	}
+	// The newest two files are enough: recovery logs at start-up.
+	for i := max(0, logs.RowNumber()-2); i < logs.RowNumber(); i++ {
+		name, _ := logs.GetString(i, 0)
+		ev, err := c.Query("SHOW BINLOG EVENTS IN '" + name + "'")
+		if err != nil {
+			continue
+		}
+		for j := 0; j < ev.RowNumber(); j++ {
+			typ, _ := ev.GetString(j, 2)
+			info, _ := ev.GetString(j, 5)
+			if typ != "Gtid" {
+				continue
+			}
+			fields := strings.Fields(info)
+			// "GTID 0-1-5" is a standalone group (DDL); "BEGIN GTID ..." is not.
+			if len(fields) >= 2 && fields[0] == "GTID" && want[fields[1]] {
+				out[fields[1]] = true
+			}
+		}
+	}
+	return out
 }
 
 func splitMariaGTID(g string) (domain, server, seq uint64, ok bool) {

@@ -310,3 +310,62 @@ func TestApplyRestartsSafelyWhileAPacketRuns(t *testing.T) {
 		t.Fatalf("GTIDs differ: primary %d, replica %d", len(p), len(r))
 	}
 }
+
+// A replica killed during a DDL: crash recovery either rolls the DDL back
+// (the applier applies it again) or completes it and logs it under the
+// replica's own server_id (the applier must count it as applied, not
+// refuse the history, and not apply it twice). Either way the replica ends
+// equal to the primary.
+func TestApplyAfterTheReplicaCrashesDuringDDL(t *testing.T) {
+	pl := newPipeline(t)
+	pl.primary.Exec(t, "CREATE DATABASE d; CREATE TABLE d.big (id INT PRIMARY KEY, v VARCHAR(200), w INT)")
+	for i := 0; i < 20; i++ {
+		var vals []string
+		for j := 0; j < 5000; j++ {
+			vals = append(vals, fmt.Sprintf("(%d, REPEAT('x', 150), %d)", i*5000+j, j))
+		}
+		pl.primary.Exec(t, "INSERT INTO d.big VALUES "+strings.Join(vals, ","))
+	}
+	if err := pl.apply(t, pl.opts, 60*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	pl.primary.Exec(t, "ALTER TABLE d.big ADD INDEX iv (v, w), FORCE")
+	pl.primary.Exec(t, "INSERT INTO d.big VALUES (-1, 'after', 0)")
+	st, _ := file.New(t.TempDir())
+	a := NewApplier(pl.opts, "mariadb", pl.spool, st)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	// Kill the replica while it runs the ALTER.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		n := pl.replica.QueryString(t, "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE 'ALTER TABLE d.big%'")
+		if n != "0" {
+			time.Sleep(150 * time.Millisecond)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("never saw the ALTER running on the replica")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := pl.replica.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	<-done
+	if err := pl.replica.Start(); err != nil {
+		t.Fatal(err)
+	}
+	after := pl.replica.QueryString(t, "SELECT @@gtid_binlog_pos")
+	if err := pl.apply(t, pl.opts, 120*time.Second); err != nil {
+		t.Fatalf("after the crash (replica restarted at %s): %v", after, err)
+	}
+	if p, r := tableChecksums(t, pl.primary), tableChecksums(t, pl.replica); p != r {
+		t.Fatalf("checksums differ:\nprimary %s\nreplica %s", p, r)
+	}
+	if idx := pl.replica.QueryString(t, "SELECT COUNT(DISTINCT INDEX_NAME) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA='d' AND TABLE_NAME='big' AND INDEX_NAME='iv'"); idx != "1" {
+		t.Fatalf("the index is missing on the replica")
+	}
+	t.Logf("replica restarted at %s after the crash; caught up", after)
+}

@@ -214,7 +214,7 @@ func replaySegments(ctx context.Context, st storage.Store, plan *Plan, pos binlo
 		GroupTxns: o.GroupTxns,
 		BatchTxns: 2 * o.GroupTxns,
 		Filter:    filter,
-		Skip: func(g string) (bool, error) {
+		Skip: func(g string, _ bool) (bool, error) {
 			return queued.ContainsGTID(g), nil
 		},
 		Stop: func(t replay.Txn) bool {

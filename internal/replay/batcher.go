@@ -48,9 +48,10 @@ type Options struct {
 	GroupTxns  int
 	GroupBytes int
 	Filter     Filter
-	// Skip reports a transaction already applied; an error stops the
-	// replay (the target's history departs from the source's).
-	Skip func(gtid string) (bool, error)
+	// Skip reports a transaction already applied (ddl: its GTID event marks
+	// it as DDL); an error stops the replay (the target's history departs
+	// from the source's).
+	Skip func(gtid string, ddl bool) (bool, error)
 	// Due, when set, tells when a transaction may be applied (a delayed
 	// replica); the batcher sends what it holds, then sleeps until then.
 	Due func(t Txn) time.Time
@@ -308,10 +309,11 @@ func (b *Batcher) Event(ctx context.Context, ev binlog.Event) error {
 func (b *Batcher) begin(ctx context.Context, ev binlog.Event) error {
 	t := &txnState{Txn: Txn{Time: ev.Header.Timestamp}, tables: map[uint64]tableMap{}, inChunk: map[uint64]bool{}}
 	var setGTID []string
-	mariadb := false
+	mariadb, ddl := false, false
 	switch e := ev.Parsed.(type) {
 	case *replication.MariadbGTIDEvent:
 		mariadb = true
+		ddl = e.Flags&replication.BINLOG_MARIADB_FL_DDL != 0
 		t.GTID = fmt.Sprintf("%d-%d-%d", e.GTID.DomainID, ev.Header.ServerID, e.GTID.SequenceNumber)
 		t.standalone = e.Flags&replication.BINLOG_MARIADB_FL_STANDALONE != 0
 		// Domain and server in one SET, the sequence number in another:
@@ -332,7 +334,7 @@ func (b *Batcher) begin(ctx context.Context, ev binlog.Event) error {
 		return fmt.Errorf("unexpected transaction start %s", ev.Header.Type)
 	}
 	if t.GTID != "" && b.o.Skip != nil {
-		skip, err := b.o.Skip(t.GTID)
+		skip, err := b.o.Skip(t.GTID, ddl)
 		if err != nil {
 			return err
 		}
