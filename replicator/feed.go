@@ -36,13 +36,9 @@ type feed struct {
 // oldest segment binvault still holds is missing.
 func newFeed(ctx context.Context, sp *Spool, st storage.Store, flavor string, applied binlog.GTIDSet) (*feed, error) {
 	f := &feed{spool: sp, store: st, flavor: flavor}
-	var cands []archive.Segment
-	cands = append(cands, sp.Closed(0)...)
-	openSeq := uint64(0)
-	if m, ok := sp.OpenMeta(); ok {
-		cands = append(cands, m)
-		openSeq = m.Seq
-	}
+	// One view of the spool: deciding from a list taken now and a "next
+	// segment" read later would skip what was written in between.
+	cands, openSeq, next := sp.Snapshot()
 	contains := func(p binlog.Position) bool {
 		set, err := binlog.ParseGTIDSet(flavor, p.GTIDSet)
 		return err == nil && applied.Contains(set) && sameAtEqualSeq(flavor, applied.String(), p.GTIDSet)
@@ -67,7 +63,7 @@ func newFeed(ctx context.Context, sp *Spool, st storage.Store, flavor string, ap
 			return nil, err
 		}
 		if !ok {
-			_, seq, _ = sp.End()
+			seq = next
 		}
 		f.seq = seq
 		return f, nil
@@ -91,7 +87,7 @@ func newFeed(ctx context.Context, sp *Spool, st storage.Store, flavor string, ap
 			}
 		}
 		if !ok {
-			_, seq, _ = sp.End()
+			seq = next
 		}
 	}
 	f.seq = seq

@@ -612,6 +612,22 @@ func (s *Spool) Closed(after uint64) []archive.Segment {
 	return out
 }
 
+// Snapshot returns, in one consistent view, the closed segments, the
+// segment being written (if any, last) and the number the next new segment
+// will get.
+func (s *Spool) Snapshot() (segs []archive.Segment, openSeq, nextSeq uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, m := range s.closed {
+		segs = append(segs, *m)
+	}
+	if s.open != nil {
+		segs = append(segs, s.open.meta)
+		openSeq = s.open.seq
+	}
+	return segs, openSeq, s.nextSeq
+}
+
 // OpenMeta is the manifest-so-far of the segment being written.
 func (s *Spool) OpenMeta() (archive.Segment, bool) {
 	s.mu.Lock()
