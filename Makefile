@@ -6,7 +6,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null)
 LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 # Packages whose tests exercise concurrency run under the race detector too.
-RACE_PKGS := ./storage/... ./internal/...
+RACE_PKGS := ./storage/... ./internal/... ./replicator/... ./backup/... ./restore/...
 
 export GOFLAGS := -buildvcs=false
 

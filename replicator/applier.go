@@ -334,7 +334,7 @@ func (a *Applier) session(ctx context.Context) error {
 	defer c.Close()
 	// Closing the connection unblocks a flush waiting on the network when
 	// ctx ends.
-	stop := context.AfterFunc(ctx, c.Close)
+	stop := context.AfterFunc(ctx, c.Interrupt)
 	defer stop()
 	if err := a.takeOver(ctx, c); err != nil {
 		return err

@@ -188,7 +188,7 @@ func replaySegments(ctx context.Context, st storage.Store, plan *Plan, pos binlo
 		return final, "", false, usage.Wrap(dbconn.Explain("target", dsn, err))
 	}
 	defer c.Close()
-	stop := context.AfterFunc(ctx, c.Close)
+	stop := context.AfterFunc(ctx, c.Interrupt)
 	defer stop()
 	mode := replay.Restore
 	binlogOff = true

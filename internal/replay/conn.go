@@ -138,7 +138,16 @@ func (a *Conn) flush(timeout time.Duration) (int, error) {
 	return n, nil
 }
 
-// Close closes the connection; it also interrupts a Flush waiting for answers.
+// Interrupt makes a Flush blocked on the network return at once; unlike
+// Close it is safe while another goroutine uses the connection (it only
+// moves the socket's deadline).
+func (a *Conn) Interrupt() {
+	if a.c != nil && a.c.Conn != nil && a.c.Conn.Conn != nil {
+		a.c.Conn.Conn.SetDeadline(time.Unix(1, 0))
+	}
+}
+
+// Close closes the connection.
 func (a *Conn) Close() {
 	if a.c != nil {
 		a.c.Close()
