@@ -61,11 +61,10 @@ type Spool struct {
 	txnOpen bool // a transaction's events are being written
 	txns    uint64
 
-	// Consumers' progress: a closed segment is removed once the archiver
-	// has stored it and, when an applier consumes the spool too, applied it.
-	archived    uint64
-	applied     uint64
-	withApplier bool
+	// A closed segment is removed once the archiver has stored it: an
+	// applier that falls further behind reads it from the archive, so a
+	// slow or unreachable replica never grows the spool.
+	archived uint64
 }
 
 // SpoolLimits says when the open segment is closed.
@@ -87,9 +86,6 @@ type openSegment struct {
 	tables    map[string]struct{}
 	set       binlog.GTIDSet // position after the last committed transaction
 }
-
-// ErrSpoolGap: the spool and the position the caller expects do not join.
-var ErrSpoolGap = errors.New("spool does not continue the archive")
 
 // OpenSpool opens (creating if needed) the spool in dir and recovers it.
 func OpenSpool(dir, flavor string, limits SpoolLimits, log *slog.Logger) (*Spool, error) {
@@ -628,16 +624,6 @@ func (s *Spool) Snapshot() (segs []archive.Segment, openSeq, nextSeq uint64) {
 	return segs, openSeq, s.nextSeq
 }
 
-// OpenMeta is the manifest-so-far of the segment being written.
-func (s *Spool) OpenMeta() (archive.Segment, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.open == nil {
-		return archive.Segment{}, false
-	}
-	return s.open.meta, true
-}
-
 // Locate tells where segment seq is: its file, whether it is closed, and
 // how many of its bytes hold whole transactions. ok is false when the spool
 // does not hold it (released, or not written yet).
@@ -669,9 +655,6 @@ func (s *Spool) Archived(seq uint64) error {
 // gcLocked removes closed segments every consumer is done with.
 func (s *Spool) gcLocked() error {
 	done := s.archived
-	if s.withApplier {
-		done = min(done, s.applied)
-	}
 	var released *archive.Segment
 	for len(s.closed) > 0 && s.closed[0].Seq <= done {
 		released = s.closed[0]
