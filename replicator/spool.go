@@ -426,6 +426,16 @@ func (s *Spool) createLocked(ts uint32) error {
 		o.w.Write(b)
 		o.h.Write(b)
 	}
+	// The header counts as committed: it must reach the file now, or a
+	// rollback of the first transaction (Flush at SIGTERM, Abort) would
+	// discard it from the buffer and leave zeros in its place, under the
+	// header's SHA-256 (the archiver then refused the segment forever as
+	// "local disk damage"). Found by test/retention_test.go's restart
+	// under load.
+	if err := o.w.Flush(); err != nil {
+		f.Close()
+		return err
+	}
 	o.committed = int64(len(binlog.Magic) + len(s.fde))
 	o.hashState = marshalHash(o.h)
 	if err := syncDir(s.dir); err != nil {

@@ -1,6 +1,8 @@
 package replicator
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
@@ -152,6 +154,38 @@ func TestSpoolRecoveryTruncatesTornTail(t *testing.T) {
 			}
 			s.Close()
 		})
+	}
+}
+
+// Flush at shutdown while the first transaction of a segment is still
+// arriving: the segment closes with its header only, and the file is
+// what its recorded SHA-256 says.
+func TestSpoolFlushDuringTheFirstTransactionOfASegment(t *testing.T) {
+	evs := primaryEvents(t, 4)
+	ends := txnEnds(t, evs)
+	s := openTestSpool(t, t.TempDir(), SpoolLimits{SegmentMaxBytes: 1 << 30, FlushInterval: time.Hour})
+	defer s.Close()
+	if err := s.Start(binlog.Position{GTIDSet: ""}, 1); err != nil {
+		t.Fatal(err)
+	}
+	for _, ev := range evs[:ends[0]-1] { // the first transaction without its end
+		if err := s.Append(ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	segs := s.Closed(0)
+	if len(segs) != 1 {
+		t.Fatalf("closed segments: %+v", segs)
+	}
+	b, err := os.ReadFile(s.SegmentPath(segs[0].Seq))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum := sha256.Sum256(b); hex.EncodeToString(sum[:]) != segs[0].SHA256 || int64(len(b)) != segs[0].Bytes {
+		t.Fatalf("segment file of %d bytes does not match its manifest (%d bytes, SHA-256 %s)", len(b), segs[0].Bytes, segs[0].SHA256)
 	}
 }
 
