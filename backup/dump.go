@@ -617,12 +617,15 @@ func (w *worker) dumpTask(ctx context.Context, tr *tableResult, t task) error {
 		inStmt, stmtRows = false, 0
 		if obj.bytes >= w.run.o.ChunkBytes {
 			o, err := obj.finish(w.enc)
+			// finish consumed the upload's result, failed or not: the
+			// deferred abort must not wait for it again (it hung a backup
+			// cancelled mid-object, e.g. by the daemon's shutdown).
+			obj = nil
 			if err != nil {
 				return err
 			}
 			tr.add(o)
 			prog.StoredBytes.Add(o.StoredBytes)
-			obj = nil
 		}
 		return nil
 	}
