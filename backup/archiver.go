@@ -59,6 +59,7 @@ type Archiver struct {
 	uploaded uint64            // newest seq in the store
 	newest   *archive.Segment  // its manifest
 	pending  []archive.Segment // uploaded, not yet in a catalog object
+	floor    uint64            // segments below were pruned: never catalogued again
 	lastCat  time.Time
 	lastErr  string
 	inited   atomic.Bool
@@ -338,19 +339,35 @@ func (a *Archiver) resolveExisting(ctx context.Context, key string, seg archive.
 	return err
 }
 
+// Pruned tells the archiver that retention deleted the segments below
+// floor, so that it leaves them out of the catalog objects it writes
+// (readers would ignore them anyway: docs/archive-format.md §5.1).
+func (a *Archiver) Pruned(floor uint64) {
+	a.mu.Lock()
+	a.floor = max(a.floor, floor)
+	a.mu.Unlock()
+}
+
 // catalog writes the pending manifests as a level-1 catalog object, then
 // merges full runs of one level into the next.
 func (a *Archiver) catalog(ctx context.Context) error {
 	a.mu.Lock()
 	pending := append([]archive.Segment(nil), a.pending...)
+	floor := a.floor
 	a.mu.Unlock()
 	a.lastCat = time.Now()
 	if len(pending) == 0 {
 		return nil
 	}
-	if _, err := archive.WriteCatalog(ctx, a.store, 1, pending); err != nil {
-		a.opts.Log.Warn("catalog write failed; will retry", "err", err.Error())
-		return err
+	write := pending
+	for len(write) > 0 && write[0].Seq < floor {
+		write = write[1:]
+	}
+	if len(write) > 0 { // else every one was pruned
+		if _, err := archive.WriteCatalog(ctx, a.store, 1, write); err != nil {
+			a.opts.Log.Warn("catalog write failed; will retry", "err", err.Error())
+			return err
+		}
 	}
 	a.mu.Lock()
 	a.pending = a.pending[len(pending):]

@@ -40,6 +40,7 @@ const (
 type lockInfo struct {
 	Token    string    `json:"token"`
 	BackupID string    `json:"backup_id"`
+	Kind     string    `json:"kind,omitempty"` // what the holder does: "backup" (also when absent) or "prune"
 	Host     string    `json:"host"`
 	BootID   string    `json:"boot_id,omitempty"`
 	PID      int       `json:"pid"`
@@ -48,15 +49,25 @@ type lockInfo struct {
 	Renewed  time.Time `json:"renewed"`
 }
 
-// LockedError says another backup holds the lock.
+// What a lock holder does (lockInfo.Kind).
+const (
+	lockBackup = "backup"
+	lockPrune  = "prune"
+)
+
+// LockedError says another backup (or a prune) holds the lock.
 type LockedError struct {
 	Holder lockInfo
 }
 
 func (e *LockedError) Error() string {
 	h := e.Holder
-	return fmt.Sprintf("another backup is running for this source: backup %s on host %s (pid %d), started %s, lock renewed %s; wait for it to finish (a lock not renewed for %s is taken over)",
-		h.BackupID, h.Host, h.PID, h.Started.UTC().Format(time.RFC3339), h.Renewed.UTC().Format(time.RFC3339), lockStaleAfter)
+	what := "another backup is running for this source: backup " + h.BackupID
+	if h.Kind == lockPrune {
+		what = "a prune (retention) is running for this source"
+	}
+	return fmt.Sprintf("%s on host %s (pid %d), started %s, lock renewed %s; wait for it to finish (a lock not renewed for %s is taken over)",
+		what, h.Host, h.PID, h.Started.UTC().Format(time.RFC3339), h.Renewed.UTC().Format(time.RFC3339), lockStaleAfter)
 }
 
 // heldLock is a lock this process holds.
@@ -74,19 +85,24 @@ type heldLock struct {
 	lastGood time.Time
 }
 
-func self(backupID string, now time.Time) lockInfo {
+func self(kind, backupID string, now time.Time) lockInfo {
 	var tok [12]byte
 	rand.Read(tok[:])
 	host, _ := os.Hostname()
 	pid := os.Getpid()
 	start, _ := processStart(pid)
-	return lockInfo{Token: hex.EncodeToString(tok[:]), BackupID: backupID, Host: host, BootID: bootID(),
+	return lockInfo{Token: hex.EncodeToString(tok[:]), BackupID: backupID, Kind: kind, Host: host, BootID: bootID(),
 		PID: pid, PIDStart: start, Started: now.UTC(), Renewed: now.UTC()}
 }
 
-// acquireLock takes the backup lock or returns a *LockedError.
+// acquireLock takes the backup lock for a backup or returns a *LockedError.
 func acquireLock(ctx context.Context, st storage.Store, backupID string, log *slog.Logger) (*heldLock, error) {
-	me := self(backupID, time.Now())
+	return acquireLockAs(ctx, st, lockBackup, backupID, log)
+}
+
+// acquireLockAs takes the lock for kind (lockBackup, lockPrune).
+func acquireLockAs(ctx context.Context, st storage.Store, kind, backupID string, log *slog.Logger) (*heldLock, error) {
+	me := self(kind, backupID, time.Now())
 	pause := 20 * time.Millisecond
 	for attempt := 0; attempt < 10; attempt++ {
 		body, _ := json.Marshal(me)

@@ -324,6 +324,9 @@ func List(ctx context.Context, st storage.Store) ([]*Manifest, error) {
 			continue
 		}
 		m, err := ReadManifest(ctx, st, id.id)
+		if errors.Is(err, storage.ErrNotFound) {
+			continue // deleted since it was listed (retention): no longer a backup
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -23,16 +23,6 @@ func TestEveryCommandAnswersHelp(t *testing.T) {
 	}
 }
 
-func TestCommandsNotBuiltYetSaySoAndExit1(t *testing.T) {
-	cfg := minimalConfig(t, "mysql://u:p@127.0.0.1:1", "file://"+t.TempDir())
-	for _, c := range []string{"prune"} {
-		r := binvault(t, nil, c, "--config", cfg)
-		if r.code != 1 || !strings.Contains(r.stderr, "not implemented yet") {
-			t.Errorf("binvault %s: %s", c, r)
-		}
-	}
-}
-
 func minimalConfig(t *testing.T, dsn, storeURL string, extra ...string) string {
 	t.Helper()
 	dir := t.TempDir()

@@ -65,6 +65,7 @@ type daemon struct {
 	source   *replicator.Source
 	archiver *backup.Archiver
 	applier  *replicator.Applier // nil without a replica: section
+	sched    *scheduler          // nil without backup.schedule
 	info     dbconn.ServerInfo
 	started  time.Time
 
@@ -147,6 +148,11 @@ func (d *daemon) setup(ctx context.Context, startFrom string) error {
 			return usage.Wrap(err)
 		}
 		d.applier = replicator.NewApplier(ao, info.Flavor, d.spool, d.store)
+	}
+	if cfg.Backup.Schedule != "" {
+		if d.sched, err = newScheduler(d, dsn); err != nil {
+			return usage.Errorf("backup.schedule: %v", err)
+		}
 	}
 	return nil
 }
@@ -241,6 +247,9 @@ func (d *daemon) run(ctx context.Context) error {
 	} else {
 		close(applyDone)
 	}
+	if d.sched != nil {
+		d.sched.start(ctx)
+	}
 	// Often enough that `status` never shows a state older than what it
 	// sees in the store; the file is small and not fsync'd.
 	stateTick := time.NewTicker(250 * time.Millisecond)
@@ -274,8 +283,13 @@ loop:
 			d.writeState(true)
 		}
 	}
-	// Shutdown: stop the stream first, close the open segment at a
-	// transaction boundary, then let the archiver upload what is left.
+	// Shutdown: a scheduled backup stops without a manifest (the next
+	// backup deletes what it wrote); a retention under way finishes.
+	if d.sched != nil {
+		d.sched.stop()
+	}
+	// Stop the stream first, close the open segment at a transaction
+	// boundary, then let the archiver upload what is left.
 	stopStream()
 	if sourceRunning {
 		<-srcDone

@@ -312,6 +312,9 @@ func printStatus(g *globals, rep statusReport) {
 				fmt.Fprintf(g.stdout, "%-8s last apply error: %s\n", "", oneLine(r.LastError))
 			}
 		}
+		if b := st.Backup; b != nil {
+			printBackupState(g, b)
+		}
 	} else {
 		fmt.Fprintf(g.stdout, "%-8s not running\n", "daemon")
 	}
@@ -325,4 +328,35 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// printBackupState shows the daemon's scheduled backups: schedule, the
+// last backup (id, time, error) and the retention after it.
+func printBackupState(g *globals, b *backupState) {
+	line := fmt.Sprintf("backups scheduled %q", b.Schedule)
+	if b.Running && b.RunningSince != nil {
+		line += fmt.Sprintf("  one running since %s", b.RunningSince.UTC().Format(time.RFC3339))
+	}
+	if b.NextRun != nil {
+		line += "  next " + b.NextRun.UTC().Format(time.RFC3339)
+	}
+	fmt.Fprintf(g.stdout, "%-8s %s\n", "", line)
+	if l := b.Last; l != nil {
+		if l.Error == "" {
+			fmt.Fprintf(g.stdout, "%-8s last backup %s finished %s (took %s)\n", "", l.ID, l.Finished.UTC().Format(time.RFC3339), roundDur(l.DurationSeconds))
+		} else {
+			fmt.Fprintf(g.stdout, "%-8s last backup FAILED at %s: %s\n", "", l.Finished.UTC().Format(time.RFC3339), oneLine(l.Error))
+			if s := b.LastSuccess; s != nil {
+				fmt.Fprintf(g.stdout, "%-8s last successful backup %s finished %s\n", "", s.ID, s.Finished.UTC().Format(time.RFC3339))
+			}
+		}
+	}
+	if p := b.LastPrune; p != nil {
+		if p.Error != "" {
+			fmt.Fprintf(g.stdout, "%-8s last prune FAILED at %s: %s\n", "", p.Time.UTC().Format(time.RFC3339), oneLine(p.Error))
+		} else {
+			fmt.Fprintf(g.stdout, "%-8s last prune %s: deleted %d backup(s) and %d segment(s), freed %s; %d backup(s) kept\n", "",
+				p.Time.UTC().Format(time.RFC3339), len(p.DeletedBackups), p.DeletedSegments, humanBytes(p.FreedBytes), p.KeptBackups)
+		}
+	}
 }

@@ -42,8 +42,14 @@ Exit 0: all good. Exit 1: damage found, one line per damaged object.`,
 			for _, s := range ix.Segments {
 				known[s.Seq] = true
 			}
+			var notes []string
 			err = st.List(ctx, archive.SegmentsPrefix, func(oi storage.ObjectInfo) error {
-				if seq, manifest, ok := archive.ParseSegmentsKey(oi.Key); ok && !manifest && !known[seq] {
+				seq, manifest, ok := archive.ParseSegmentsKey(oi.Key)
+				switch {
+				case ok && seq < ix.Floor:
+					// Below the prune floor: not in the archive any more.
+					notes = append(notes, fmt.Sprintf("note: %s is below the prune floor (segment %d): left by an interrupted prune, the next prune deletes it", oi.Key, ix.Floor))
+				case ok && !manifest && !known[seq]:
 					problems = append(problems, fmt.Sprintf("orphan: %s has no manifest (an interrupted upload; the next run replaces it)", oi.Key))
 				}
 				return nil
@@ -79,7 +85,7 @@ Exit 0: all good. Exit 1: damage found, one line per damaged object.`,
 			if opErr != nil {
 				return opErr
 			}
-			for _, p := range problems {
+			for _, p := range append(notes, problems...) {
 				fmt.Fprintln(g.stdout, p)
 			}
 			if len(problems) > 0 {

@@ -25,11 +25,10 @@ import (
 
 // Exit codes, the CLI's contract.
 const (
-	exitOK          = 0
-	exitFailure     = 1
-	exitUsage       = 2
-	envConfig       = "BINVAULT_CONFIG"
-	notImplementedY = "not implemented yet"
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2
+	envConfig   = "BINVAULT_CONFIG"
 )
 
 // errSilent ends the command with exit 1 after it has already reported why.
@@ -161,10 +160,4 @@ func (g *globals) loadConfig() (*config.Config, error) {
 		return nil, usage.Wrap(err)
 	}
 	return cfg, nil
-}
-
-// notImplemented is what commands whose feature has not landed answer:
-// exit 1, never a fake success.
-func notImplemented(name string) error {
-	return fmt.Errorf("%s: %s", name, notImplementedY)
 }

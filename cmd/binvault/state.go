@@ -41,6 +41,8 @@ type daemonState struct {
 		LastError     string          `json:"last_error,omitempty"`
 	} `json:"archive"`
 	Replica *replicaState `json:"replica,omitempty"`
+	// Backup: the scheduled backups (backup.schedule), when configured.
+	Backup *backupState `json:"backup,omitempty"`
 }
 
 type replicaState struct {
@@ -97,7 +99,19 @@ func (d *daemon) state() daemonState {
 		}
 		st.Replica = r
 	}
+	if d.sched != nil {
+		st.Backup = d.sched.status()
+	}
 	return st
+}
+
+// replicaPosition is what the replica has applied, which retention must
+// not delete the history after; ok is false without a replica.
+func (d *daemon) replicaPosition() (pos string, ok bool) {
+	if d.applier == nil {
+		return "", false
+	}
+	return d.applier.Status().Applied, true
 }
 
 func (d *daemon) writeState(running bool) {

@@ -66,19 +66,67 @@ type CatalogRef struct {
 	Level       int
 }
 
-// ListCatalogs returns the fewest catalog objects that cover the
-// catalogued run (larger objects win over the ones they were merged from),
-// and the objects that a larger one makes redundant.
-func ListCatalogs(ctx context.Context, st storage.Store) (cover, redundant []CatalogRef, err error) {
+// FloorKey names the floor marker of a prune: every segment below seq is
+// deleted or about to be (docs/archive-format.md §5.1). Its key carries the
+// value, so readers learn the floor from the catalog/ listing they make
+// anyway, without reading it.
+func FloorKey(seq uint64) string { return fmt.Sprintf("%sfloor-%016d.json", CatalogPrefix, seq) }
+
+// ParseFloorKey returns the floor a marker key names.
+func ParseFloorKey(key string) (uint64, bool) {
+	name, found := strings.CutPrefix(key, CatalogPrefix+"floor-")
+	if !found {
+		return 0, false
+	}
+	num, found := strings.CutSuffix(name, ".json")
+	if !found || len(num) != 16 {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(num, 10, 64)
+	return n, err == nil
+}
+
+// CatalogState is one listing of catalog/, sorted out as readers do.
+type CatalogState struct {
+	// Cover: the objects readers take, in order, covering a contiguous run.
+	Cover []CatalogRef
+	// Redundant: objects inside a taken one that the writer may delete:
+	// those of a lower level (merged, not yet deleted) or starting at the
+	// same segment (a shorter level-1 object written again longer).
+	Redundant []CatalogRef
+	// Contained: objects inside a taken one of the same level starting
+	// later: a prune's replacement for the taken object, which that prune
+	// deletes next. Readers skip them; only a prune deletes them.
+	Contained []CatalogRef
+	// Pruned: objects wholly below the floor. Readers skip them; a prune
+	// deletes them.
+	Pruned []CatalogRef
+	// Off: objects that do not join the run (after a hole). Readers skip
+	// them and read those segments' manifests instead.
+	Off []CatalogRef
+	// Floor: segments below it are pruned (0: no prune yet); FloorKeys
+	// are the markers found (the largest is the floor).
+	Floor     uint64
+	FloorKeys []string
+}
+
+// ReadCatalogState lists catalog/ and sorts its objects out (§5): the
+// fewest objects that cover the catalogued run (larger objects win over
+// the ones they were merged from), and why each other one is skipped.
+func ReadCatalogState(ctx context.Context, st storage.Store) (*CatalogState, error) {
 	var all []CatalogRef
-	err = st.List(ctx, CatalogPrefix, func(oi storage.ObjectInfo) error {
+	s := &CatalogState{}
+	err := st.List(ctx, CatalogPrefix, func(oi storage.ObjectInfo) error {
 		if ref, ok := ParseCatalogKey(oi.Key); ok {
 			all = append(all, ref)
+		} else if f, ok := ParseFloorKey(oi.Key); ok {
+			s.FloorKeys = append(s.FloorKeys, oi.Key)
+			s.Floor = max(s.Floor, f)
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, nil, fmt.Errorf("list catalog: %w", err)
+		return nil, fmt.Errorf("list catalog: %w", err)
 	}
 	sort.Slice(all, func(i, j int) bool {
 		if all[i].First != all[j].First {
@@ -89,17 +137,25 @@ func ListCatalogs(ctx context.Context, st storage.Store) (cover, redundant []Cat
 	next := uint64(0)
 	for _, c := range all {
 		switch {
-		case len(cover) > 0 && c.Last < next:
-			redundant = append(redundant, c) // merged into an object already chosen
-		case len(cover) > 0 && c.First != next:
+		case c.Last < s.Floor:
+			s.Pruned = append(s.Pruned, c)
+		case len(s.Cover) > 0 && c.Last < next:
+			// Inside the object taken last (sorting puts it before c).
+			if in := s.Cover[len(s.Cover)-1]; c.Level < in.Level || c.First == in.First {
+				s.Redundant = append(s.Redundant, c)
+			} else {
+				s.Contained = append(s.Contained, c)
+			}
+		case len(s.Cover) > 0 && c.First != next:
 			// Objects that do not join the run (a hole): ignored; the
 			// tail listing reads those segments' manifests instead.
+			s.Off = append(s.Off, c)
 		default:
-			cover = append(cover, c)
+			s.Cover = append(s.Cover, c)
 			next = c.Last + 1
 		}
 	}
-	return cover, redundant, nil
+	return s, nil
 }
 
 // ReadCatalog fetches and decodes one catalog object.
@@ -174,6 +230,8 @@ type Index struct {
 	Segments []Segment
 	// Catalogued is the last seq covered by catalog objects (0: none).
 	Catalogued uint64
+	// Floor is the prune floor (§5.1): segments below it are not listed.
+	Floor uint64
 	// CatalogKeys are the catalog objects read, by level.
 	CatalogKeys []string
 	// Requests counts the store requests it took (LIST pages and GETs).
@@ -190,12 +248,25 @@ func (ix *Index) Last() *Segment {
 
 // Load reads the catalog objects and the tail manifests. With tailOnly, it
 // reads only the newest catalog object (for the archive's end position).
+// An object listed but gone when read was deleted meanwhile by a merge or
+// a prune (§5.1): Load starts over, a few times.
 func Load(ctx context.Context, st storage.Store, tailOnly bool) (*Index, error) {
+	for attempt := 1; ; attempt++ {
+		ix, err := load(ctx, st, tailOnly)
+		if err == nil || !errors.Is(err, storage.ErrNotFound) || attempt == 3 || ctx.Err() != nil {
+			return ix, err
+		}
+	}
+}
+
+func load(ctx context.Context, st storage.Store, tailOnly bool) (*Index, error) {
 	ix := &Index{}
-	cover, _, err := ListCatalogs(ctx, st)
+	cs, err := ReadCatalogState(ctx, st)
 	if err != nil {
 		return nil, err
 	}
+	cover := cs.Cover
+	ix.Floor = cs.Floor
 	ix.Requests++
 	if tailOnly && len(cover) > 0 {
 		cover = cover[len(cover)-1:]
@@ -206,11 +277,21 @@ func Load(ctx context.Context, st storage.Store, tailOnly bool) (*Index, error) 
 			return nil, err
 		}
 		ix.Requests++
-		ix.Segments = append(ix.Segments, cat.Segments...)
+		for _, s := range cat.Segments {
+			// A catalog object may still name segments a prune deleted:
+			// the floor says which (§5.1).
+			if s.Seq >= ix.Floor {
+				ix.Segments = append(ix.Segments, s)
+			}
+		}
 		ix.CatalogKeys = append(ix.CatalogKeys, c.Key)
 		ix.Catalogued = c.Last
 	}
-	tail, err := tailSeqs(ctx, st, ix.Catalogued)
+	after := ix.Catalogued
+	if ix.Floor > 0 {
+		after = max(after, ix.Floor-1)
+	}
+	tail, err := tailSeqs(ctx, st, after)
 	if err != nil {
 		return nil, err
 	}
@@ -262,21 +343,23 @@ func Chain(segs []Segment) []string {
 }
 
 // Compact merges every run of CompactFanIn catalog objects of one level
-// into one object of the next level, and deletes objects that a larger one
-// covers. The merged object is written before the small ones are deleted,
-// so readers always find the run covered.
+// into one object of the next level, and deletes the redundant objects
+// (CatalogState.Redundant; never a prune's replacement, which only the
+// prune deletes, so the two never delete both of a pair). The merged
+// object is written before the small ones are deleted, so readers always
+// find the run covered; it leaves out the segments below the floor.
 func Compact(ctx context.Context, st storage.Store) error {
 	for {
-		cover, redundant, err := ListCatalogs(ctx, st)
+		cs, err := ReadCatalogState(ctx, st)
 		if err != nil {
 			return err
 		}
-		for _, r := range redundant {
+		for _, r := range cs.Redundant {
 			if err := st.Delete(ctx, r.Key); err != nil {
 				return err
 			}
 		}
-		run := mergeableRun(cover)
+		run := mergeableRun(cs.Cover)
 		if run == nil {
 			return nil
 		}
@@ -286,7 +369,14 @@ func Compact(ctx context.Context, st storage.Store) error {
 			if err != nil {
 				return err
 			}
-			segs = append(segs, c.Segments...)
+			for _, s := range c.Segments {
+				if s.Seq >= cs.Floor { // never carry pruned segments along
+					segs = append(segs, s)
+				}
+			}
+		}
+		if len(segs) == 0 {
+			return nil // wholly pruned meanwhile: the prune deletes them
 		}
 		if _, err := WriteCatalog(ctx, st, run[0].Level+1, segs); err != nil {
 			return err

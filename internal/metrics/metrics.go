@@ -31,6 +31,12 @@ type Metrics struct {
 	ReplicaApplyErrors  prometheus.Counter
 	ReplicaBatchTxns    prometheus.Histogram
 	ReplicaBatchSeconds prometheus.Histogram
+
+	BackupLastSuccess    prometheus.Gauge
+	BackupDuration       prometheus.Gauge
+	Backups              *prometheus.CounterVec // result="ok"|"error"
+	PruneDeletedBackups  prometheus.Counter
+	PruneDeletedSegments prometheus.Counter
 }
 
 // New creates and registers the collectors; rpo reports the live RPO.
@@ -71,6 +77,15 @@ func New() *Metrics {
 		Help: "Time of one round trip to the replica (send, execute, answers).", Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)})
 	f(m.ReplicaBatchTxns)
 	f(m.ReplicaBatchSeconds)
+	m.BackupLastSuccess = gauge("backup_last_success_timestamp_seconds", "End time (Unix seconds) of the last successful scheduled backup.")
+	m.BackupDuration = gauge("backup_duration_seconds", "Duration of the last successful scheduled backup.")
+	m.Backups = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "binvault", Name: "backups_total",
+		Help: "Scheduled backups that ended, by result (ok or error)."}, []string{"result"})
+	m.Backups.WithLabelValues("ok")
+	m.Backups.WithLabelValues("error")
+	f(m.Backups)
+	m.PruneDeletedBackups = counter("prune_deleted_backups_total", "Backups deleted by retention after scheduled backups.")
+	m.PruneDeletedSegments = counter("prune_deleted_segments_total", "Segments deleted by retention after scheduled backups.")
 	f(collectors.NewGoCollector())
 	f(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
