@@ -576,6 +576,13 @@ func (s *Spool) closeOpenLocked() error {
 	if err := o.f.Close(); err != nil {
 		return err
 	}
+	if o.meta.Txns == 0 {
+		// Nothing whole in it (its first transaction was rolled back):
+		// no empty segment goes to the archive; the number is reused.
+		s.open = nil
+		s.nextSeq = o.seq
+		return s.dropOpen(o.seq)
+	}
 	m := o.meta
 	m.Bytes = o.committed
 	m.SHA256 = hex.EncodeToString(o.h.Sum(nil))

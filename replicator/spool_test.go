@@ -157,18 +157,42 @@ func TestSpoolRecoveryTruncatesTornTail(t *testing.T) {
 	}
 }
 
-// Flush at shutdown while the first transaction of a segment is still
-// arriving: the segment closes with its header only, and the file is
-// what its recorded SHA-256 says.
+// Flush at shutdown, or an abort, while the first transaction of a segment
+// is still arriving: no empty segment is closed, and the segment written
+// next (same number) is exactly what its recorded SHA-256 says.
 func TestSpoolFlushDuringTheFirstTransactionOfASegment(t *testing.T) {
 	evs := primaryEvents(t, 4)
 	ends := txnEnds(t, evs)
-	s := openTestSpool(t, t.TempDir(), SpoolLimits{SegmentMaxBytes: 1 << 30, FlushInterval: time.Hour})
-	defer s.Close()
+	dir := t.TempDir()
+	s := openTestSpool(t, dir, SpoolLimits{SegmentMaxBytes: 1 << 30, FlushInterval: time.Hour})
 	if err := s.Start(binlog.Position{GTIDSet: ""}, 1); err != nil {
 		t.Fatal(err)
 	}
-	for _, ev := range evs[:ends[0]-1] { // the first transaction without its end
+	partial := func() {
+		for _, ev := range evs[:ends[0]-1] { // the first transaction without its end
+			if err := s.Append(ev); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	partial()
+	if err := s.Abort(); err != nil {
+		t.Fatal(err)
+	}
+	partial()
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if segs := s.Closed(0); len(segs) != 0 {
+		t.Fatalf("an empty segment was closed: %+v", segs)
+	}
+	s.Close()
+	s = openTestSpool(t, dir, SpoolLimits{SegmentMaxBytes: 1 << 30, FlushInterval: time.Hour})
+	defer s.Close()
+	if _, next, ok := s.End(); !ok || next != 1 {
+		t.Fatalf("after the flush the next segment is %d (%v), want 1", next, ok)
+	}
+	for _, ev := range evs[:ends[1]] {
 		if err := s.Append(ev); err != nil {
 			t.Fatal(err)
 		}
@@ -177,7 +201,7 @@ func TestSpoolFlushDuringTheFirstTransactionOfASegment(t *testing.T) {
 		t.Fatal(err)
 	}
 	segs := s.Closed(0)
-	if len(segs) != 1 {
+	if len(segs) != 1 || segs[0].Seq != 1 || segs[0].Txns != 2 {
 		t.Fatalf("closed segments: %+v", segs)
 	}
 	b, err := os.ReadFile(s.SegmentPath(segs[0].Seq))
