@@ -86,6 +86,7 @@ func (a *Archiver) init(ctx context.Context) error {
 		if err == nil {
 			a.mu.Lock()
 			defer a.mu.Unlock()
+			a.floor = max(a.floor, ix.Floor)
 			if last := ix.Last(); last != nil {
 				a.uploaded, a.newest = last.Seq, last
 				a.opts.Metrics.ArchiveNewestTxnTime.Set(float64(last.LastTime.Unix()))
@@ -183,15 +184,20 @@ func (a *Archiver) Drain(ctx context.Context) error {
 // reconcile releases spool segments that an earlier run uploaded but had
 // no time to release, after checking the store holds the same content.
 func (a *Archiver) reconcile(ctx context.Context) error {
+	a.mu.Lock()
+	floor := a.floor
+	a.mu.Unlock()
 	for _, seg := range a.src.Closed(0) {
 		if seg.Seq > a.uploaded {
 			break
 		}
 		have, err := archive.ReadManifest(ctx, a.store, seg.Seq)
-		if err != nil {
+		switch {
+		case errors.Is(err, storage.ErrNotFound) && seg.Seq < floor:
+			// Archived, then pruned by retention while we were down.
+		case err != nil:
 			return fmt.Errorf("check segment %d already archived: %w", seg.Seq, err)
-		}
-		if have.SHA256 != seg.SHA256 {
+		case have.SHA256 != seg.SHA256:
 			return fmt.Errorf("%w: %s holds segment %d with other content than the spool's (is another binvault writing to this storage.url?)", ErrConflict, a.store, seg.Seq)
 		}
 		if err := a.src.Archived(seg.Seq); err != nil {
