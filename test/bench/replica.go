@@ -33,15 +33,7 @@ func benchReplica(ctx context.Context, e *env) error {
 	tables, rows := envInt("BINVAULT_BENCH_REPLICA_TABLES", 4), envInt("BINVAULT_BENCH_REPLICA_TABLE_SIZE", 100000)
 	seconds := envInt("BINVAULT_BENCH_REPLICA_SECONDS", 30)
 	start := func(name string, id int, extra ...string) (*harness.MariaDB, error) {
-		m, err := harness.NewMariaDB(e.dir, name, harness.MariaDBOptions{ServerID: id, Extra: append([]string{"--innodb-buffer-pool-size=512M", "--innodb-log-file-size=256M"}, extra...)})
-		if err != nil {
-			return nil, err
-		}
-		e.cleanup(func() { m.Stop() })
-		if err := m.Start(); err != nil {
-			return nil, err
-		}
-		return m, m.Bootstrap()
+		return benchServer(e, name, id, extra...)
 	}
 	p, err := start("primary", 1)
 	if err != nil {
@@ -184,6 +176,19 @@ func benchReplica(ctx context.Context, e *env) error {
 		fmt.Printf("  %-20s %9.1f %10.0f %.2f\n", r.name, r.secs, float64(txns)/r.secs, results[0].secs/r.secs)
 	}
 	return nil
+}
+
+// benchServer starts a MariaDB sized for the benchmarks and registers its stop.
+func benchServer(e *env, name string, id int, extra ...string) (*harness.MariaDB, error) {
+	m, err := harness.NewMariaDB(e.dir, name, harness.MariaDBOptions{ServerID: id, Extra: append([]string{"--innodb-buffer-pool-size=512M", "--innodb-log-file-size=256M"}, extra...)})
+	if err != nil {
+		return nil, err
+	}
+	e.cleanup(func() { m.Stop() })
+	if err := m.Start(); err != nil {
+		return nil, err
+	}
+	return m, m.Bootstrap()
 }
 
 func replicaSysbenchArgs(m *harness.MariaDB, tables, rows, threads int) []string {

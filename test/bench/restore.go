@@ -29,17 +29,7 @@ func benchRestore(ctx context.Context, e *env) error {
 	}
 	tables, rows := envInt("BINVAULT_BENCH_RESTORE_TABLES", 4), envInt("BINVAULT_BENCH_RESTORE_TABLE_SIZE", 100000)
 	events := envInt("BINVAULT_BENCH_RESTORE_TRANSACTIONS", 200000)
-	server := func(name string, id int) (*harness.MariaDB, error) {
-		m, err := harness.NewMariaDB(e.dir, name, harness.MariaDBOptions{ServerID: id, Extra: []string{"--innodb-buffer-pool-size=512M", "--innodb-log-file-size=256M"}})
-		if err != nil {
-			return nil, err
-		}
-		e.cleanup(func() { m.Stop() })
-		if err := m.Start(); err != nil {
-			return nil, err
-		}
-		return m, m.Bootstrap()
-	}
+	server := func(name string, id int) (*harness.MariaDB, error) { return benchServer(e, name, id) }
 	p, err := server("rprimary", 1)
 	if err != nil {
 		return err

@@ -56,21 +56,10 @@ func demo() error {
 	}()
 
 	step("Starting a MariaDB primary (log_bin, binlog_format=ROW, gtid_strict_mode) in %s", filepath.Join(root, "primary"))
-	primary, err := harness.NewMariaDB(root, "primary", harness.MariaDBOptions{ServerID: 1})
+	primary, err := startServer(root, "primary", 1)
 	if err != nil {
 		return err
 	}
-	if err := primary.Start(); err != nil {
-		return err
-	}
-	cleanups = append(cleanups, func() {
-		fmt.Printf("\n==> Stopping the primary (pid %d)\n", primary.PID())
-		primary.Stop()
-	})
-	if err := primary.Bootstrap(); err != nil {
-		return err
-	}
-	fmt.Printf("    listening on %s, pid %d\n", primary.Addr(), primary.PID())
 
 	step("Creating the replication user binvault streams with (not logged: sql_log_bin=0)")
 	db, err := primary.Open("")
@@ -86,18 +75,8 @@ func demo() error {
 	}
 
 	step("Starting a second MariaDB as the replica (read_only=ON, binlog on) in %s", filepath.Join(root, "replica"))
-	replica, err := harness.NewMariaDB(root, "replica", harness.MariaDBOptions{ServerID: 2, Extra: []string{"--read-only=ON"}})
+	replica, err := startServer(root, "replica", 2, "--read-only=ON")
 	if err != nil {
-		return err
-	}
-	if err := replica.Start(); err != nil {
-		return err
-	}
-	cleanups = append(cleanups, func() {
-		fmt.Printf("\n==> Stopping the replica (pid %d)\n", replica.PID())
-		replica.Stop()
-	})
-	if err := replica.Bootstrap(); err != nil {
 		return err
 	}
 	rdb, err := replica.Open("")
@@ -110,7 +89,6 @@ func demo() error {
 		"GRANT ALL ON *.* TO applier@'127.0.0.1'"); err != nil {
 		return err
 	}
-	fmt.Printf("    listening on %s, pid %d\n", replica.Addr(), replica.PID())
 
 	if err := os.MkdirAll(filepath.Join(root, "archive"), 0o755); err != nil {
 		return err
@@ -272,18 +250,8 @@ replica:
 	drop := found.Transactions[len(found.Transactions)-1].GTID
 
 	step("Starting a third MariaDB, empty, to restore into, in %s", filepath.Join(root, "restored"))
-	restored, err := harness.NewMariaDB(root, "restored", harness.MariaDBOptions{ServerID: 3})
+	restored, err := startServer(root, "restored", 3)
 	if err != nil {
-		return err
-	}
-	if err := restored.Start(); err != nil {
-		return err
-	}
-	cleanups = append(cleanups, func() {
-		fmt.Printf("\n==> Stopping the restored server (pid %d)\n", restored.PID())
-		restored.Stop()
-	})
-	if err := restored.Bootstrap(); err != nil {
 		return err
 	}
 
@@ -366,6 +334,26 @@ func binvault(args ...string) error {
 		fmt.Printf("    (exit code %d)\n", ee.ExitCode())
 	}
 	return err
+}
+
+// startServer starts a MariaDB under root and registers its stop.
+func startServer(root, name string, id int, extra ...string) (*harness.MariaDB, error) {
+	m, err := harness.NewMariaDB(root, name, harness.MariaDBOptions{ServerID: id, Extra: extra})
+	if err != nil {
+		return nil, err
+	}
+	if err := m.Start(); err != nil {
+		return nil, err
+	}
+	cleanups = append(cleanups, func() {
+		fmt.Printf("\n==> Stopping the %s server (pid %d)\n", name, m.PID())
+		m.Stop()
+	})
+	if err := m.Bootstrap(); err != nil {
+		return nil, err
+	}
+	fmt.Printf("    listening on %s, pid %d\n", m.Addr(), m.PID())
+	return m, nil
 }
 
 func run(db *sql.DB, stmts ...string) error {
