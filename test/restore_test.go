@@ -26,7 +26,9 @@ type pointInTime struct {
 }
 
 // snapshotDigest reads the GTID position of a consistent snapshot and a
-// digest of every user table inside that same snapshot.
+// digest of every user table inside that same snapshot. A DDL committed
+// meanwhile invalidates the snapshot for that table (error 1412): then
+// the whole reading starts over.
 func snapshotDigest(t testing.TB, m *harness.MariaDB) (string, map[string]string) {
 	t.Helper()
 	db, err := m.Open("")
@@ -34,20 +36,33 @@ func snapshotDigest(t testing.TB, m *harness.MariaDB) (string, map[string]string
 		t.Fatal(err)
 	}
 	defer db.Close()
+	for attempt := 0; ; attempt++ {
+		gtid, digest, err := snapshotOnce(db)
+		if err == nil {
+			return gtid, digest
+		}
+		if !strings.Contains(err.Error(), "1412") || attempt == 20 {
+			t.Fatal(err)
+		}
+	}
+}
+
+func snapshotOnce(db *sql.DB) (string, map[string]string, error) {
 	ctx := context.Background()
 	c, err := db.Conn(ctx)
 	if err != nil {
-		t.Fatal(err)
+		return "", nil, err
 	}
 	defer c.Close()
 	if _, err := c.ExecContext(ctx, "START TRANSACTION WITH CONSISTENT SNAPSHOT"); err != nil {
-		t.Fatal(err)
+		return "", nil, err
 	}
+	defer c.ExecContext(ctx, "COMMIT")
 	var file string
 	var pos int64
 	rows, err := c.QueryContext(ctx, "SHOW STATUS LIKE 'binlog_snapshot_%'")
 	if err != nil {
-		t.Fatal(err)
+		return "", nil, err
 	}
 	for rows.Next() {
 		var k, v string
@@ -62,21 +77,28 @@ func snapshotDigest(t testing.TB, m *harness.MariaDB) (string, map[string]string
 	rows.Close()
 	var gtid sql.NullString
 	if err := c.QueryRowContext(ctx, "SELECT BINLOG_GTID_POS(?, ?)", file, pos).Scan(&gtid); err != nil {
-		t.Fatal(err)
+		return "", nil, err
 	}
-	digest := tableDigests(t, ctx, c)
-	c.ExecContext(ctx, "COMMIT")
-	return gtid.String, digest
+	digest, err := tableDigestsErr(ctx, c)
+	return gtid.String, digest, err
 }
 
 // tableDigests hashes every user table's rows with the current snapshot.
 func tableDigests(t testing.TB, ctx context.Context, c *sql.Conn) map[string]string {
 	t.Helper()
+	d, err := tableDigestsErr(ctx, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func tableDigestsErr(ctx context.Context, c *sql.Conn) (map[string]string, error) {
 	rows, err := c.QueryContext(ctx, `SELECT TABLE_SCHEMA, TABLE_NAME, GROUP_CONCAT(CONCAT('`+"`"+`', COLUMN_NAME, '`+"`"+`') ORDER BY ORDINAL_POSITION)
 		FROM information_schema.COLUMNS WHERE TABLE_SCHEMA NOT IN ('mysql','sys','information_schema','performance_schema','binvault_restore')
 		GROUP BY TABLE_SCHEMA, TABLE_NAME ORDER BY 1, 2`)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	type tbl struct{ db, name, cols string }
 	var tables []tbl
@@ -92,11 +114,11 @@ func tableDigests(t testing.TB, ctx context.Context, c *sql.Conn) map[string]str
 		var sum sql.NullString
 		q := fmt.Sprintf("SELECT COUNT(*), BIT_XOR(CRC32(CONCAT_WS('|', %s))) FROM `%s`.`%s`", hexCols(x.cols), x.db, x.name)
 		if err := c.QueryRowContext(ctx, q).Scan(&n, &sum); err != nil {
-			t.Fatalf("%s: %v", q, err)
+			return nil, fmt.Errorf("%s: %w", q, err)
 		}
 		out[x.db+"."+x.name] = fmt.Sprintf("%d/%s", n, sum.String)
 	}
-	return out
+	return out, nil
 }
 
 func hexCols(cols string) string {
