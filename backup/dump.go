@@ -118,25 +118,8 @@ func Run(ctx context.Context, st storage.Store, dsn dbconn.DSN, o Options) (m *M
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	go func() {
-		select {
-		case <-lock.Lost():
-			cancel(fmt.Errorf("backup lock lost: %w", lock.Err()))
-		case <-ctx.Done():
-		}
-	}()
-	defer func() {
-		rctx, rcancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer rcancel()
-		if rerr := lock.release(rctx); rerr != nil {
-			log.Warn("releasing the backup lock failed; the next backup takes it over once stale", "err", rerr)
-		}
-		if cause := context.Cause(ctx); err != nil && cause != nil && !errors.Is(cause, context.Canceled) {
-			err = fmt.Errorf("%w (%v)", err, cause)
-		}
-	}()
+	ctx, done := lock.guard(ctx, log, &err)
+	defer done()
 	if err := cleanLeftovers(ctx, st, id, log); err != nil {
 		return nil, err
 	}

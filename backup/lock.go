@@ -252,6 +252,31 @@ func (l *heldLock) renew() error {
 // Lost is closed when the lock can no longer be relied on.
 func (l *heldLock) Lost() <-chan struct{} { return l.lost }
 
+// guard ties work to the lock: the returned context ends when the lock is
+// lost, and done releases the lock and, when the work failed (*errp set)
+// because the lock was lost, says so in *errp. Call done with defer.
+func (l *heldLock) guard(ctx context.Context, log *slog.Logger, errp *error) (context.Context, func()) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	go func() {
+		select {
+		case <-l.Lost():
+			cancel(fmt.Errorf("backup lock lost: %w", l.Err()))
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, func() {
+		rctx, rcancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer rcancel()
+		if rerr := l.release(rctx); rerr != nil {
+			log.Warn("releasing the backup lock failed; the next backup or prune takes it over once stale", "err", rerr)
+		}
+		if cause := context.Cause(ctx); *errp != nil && cause != nil && !errors.Is(cause, context.Canceled) {
+			*errp = fmt.Errorf("%w (%v)", *errp, cause)
+		}
+		cancel(nil)
+	}
+}
+
 func (l *heldLock) Err() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -240,26 +240,9 @@ func Prune(ctx context.Context, st storage.Store, p Policy, now time.Time, dryRu
 		if err != nil {
 			return nil, err
 		}
-		var cancel context.CancelCauseFunc
-		ctx, cancel = context.WithCancelCause(ctx)
-		defer cancel(nil)
-		go func() {
-			select {
-			case <-lock.Lost():
-				cancel(fmt.Errorf("backup lock lost: %w", lock.Err()))
-			case <-ctx.Done():
-			}
-		}()
-		defer func() {
-			rctx, rcancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer rcancel()
-			if rerr := lock.release(rctx); rerr != nil {
-				log.Warn("releasing the backup lock failed; the next backup or prune takes it over once stale", "err", rerr)
-			}
-			if cause := context.Cause(ctx); err != nil && cause != nil && !errors.Is(cause, context.Canceled) {
-				err = fmt.Errorf("%w (%v)", err, cause)
-			}
-		}()
+		var done func()
+		ctx, done = lock.guard(ctx, log, &err)
+		defer done()
 	}
 
 	ms, err := List(ctx, st)

@@ -8,7 +8,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/go-sql-driver/mysql"
@@ -16,6 +15,7 @@ import (
 	"github.com/binvault/binvault/internal/binlog"
 	"github.com/binvault/binvault/internal/dbconn"
 	"github.com/binvault/binvault/internal/usage"
+	"github.com/binvault/binvault/internal/work"
 )
 
 // How the consistent instant is taken.
@@ -429,41 +429,7 @@ func sameGTIDSet(flavor, a, b string) bool {
 // parallel runs fn(0..n-1) on at most width goroutines and returns the
 // first error; the others see ctx cancelled.
 func parallel(ctx context.Context, n, width int, fn func(ctx context.Context, i int) error) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var (
-		mu    sync.Mutex
-		first error
-		next  int
-		wg    sync.WaitGroup
-	)
-	for w := 0; w < min(n, width); w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				mu.Lock()
-				if first != nil || next >= n {
-					mu.Unlock()
-					return
-				}
-				i := next
-				next++
-				mu.Unlock()
-				if err := fn(ctx, i); err != nil {
-					mu.Lock()
-					if first == nil {
-						first = err
-						cancel()
-					}
-					mu.Unlock()
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	return first
+	return work.Each(ctx, width, n, func(ctx context.Context, _, i int) error { return fn(ctx, i) })
 }
 
 // schemaJobs runs jobs across the worker connections, each job on one

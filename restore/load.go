@@ -24,6 +24,7 @@ import (
 	"github.com/binvault/binvault/internal/binlog"
 	"github.com/binvault/binvault/internal/dbconn"
 	"github.com/binvault/binvault/internal/usage"
+	"github.com/binvault/binvault/internal/work"
 	"github.com/binvault/binvault/storage"
 )
 
@@ -666,41 +667,7 @@ func closeAll(conns []*sql.Conn) {
 // forEach runs fn for 0..n-1, one call per connection at a time, and
 // returns the first error (the others stop at their next item).
 func forEach(ctx context.Context, conns []*sql.Conn, n int, fn func(context.Context, *sql.Conn, int) error) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var (
-		mu    sync.Mutex
-		next  int
-		first error
-		wg    sync.WaitGroup
-	)
-	for _, c := range conns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				mu.Lock()
-				if first != nil || next >= n {
-					mu.Unlock()
-					return
-				}
-				i := next
-				next++
-				mu.Unlock()
-				if err := fn(ctx, c, i); err != nil {
-					mu.Lock()
-					if first == nil {
-						first = err
-						cancel()
-					}
-					mu.Unlock()
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	return first
+	return work.Each(ctx, len(conns), n, func(ctx context.Context, w, i int) error { return fn(ctx, conns[w], i) })
 }
 
 // onlyDatabases narrows a backup to some of its databases.

@@ -13,7 +13,6 @@ import (
 	"github.com/binvault/binvault/backup"
 	"github.com/binvault/binvault/internal/dbconn"
 	"github.com/binvault/binvault/internal/usage"
-	"github.com/binvault/binvault/storage/open"
 )
 
 func newBackupCmd(g *globals) *cobra.Command {
@@ -43,9 +42,9 @@ before the backup ends).`,
 			if err != nil {
 				return usage.Errorf("source.dsn: %v", err)
 			}
-			st, err := open.Open(cmd.Context(), storeOptions(cfg))
+			st, err := openStore(cmd.Context(), cfg)
 			if err != nil {
-				return usage.Wrap(err)
+				return err
 			}
 			prog := &backup.Progress{}
 			stop := g.backupProgress(prog)

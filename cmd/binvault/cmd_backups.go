@@ -12,8 +12,6 @@ import (
 	"github.com/binvault/binvault/backup"
 	"github.com/binvault/binvault/internal/archive"
 	"github.com/binvault/binvault/internal/binlog"
-	"github.com/binvault/binvault/internal/usage"
-	"github.com/binvault/binvault/storage/open"
 )
 
 // backupEntry is one backup as `backups` shows it.
@@ -62,9 +60,9 @@ Objects of an interrupted or running backup (no manifest yet) are not listed.`,
 				return err
 			}
 			ctx := cmd.Context()
-			st, err := open.Open(ctx, storeOptions(cfg))
+			st, err := openStore(ctx, cfg)
 			if err != nil {
-				return usage.Wrap(err)
+				return err
 			}
 			ms, err := backup.List(ctx, st)
 			if err != nil {

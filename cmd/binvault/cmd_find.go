@@ -10,7 +10,6 @@ import (
 
 	"github.com/binvault/binvault/internal/usage"
 	"github.com/binvault/binvault/restore"
-	"github.com/binvault/binvault/storage/open"
 )
 
 func newFindCmd(g *globals) *cobra.Command {
@@ -55,9 +54,9 @@ Only segments whose manifest names the table (or that hold DDL) are read.`,
 				*f.dst = &tm
 			}
 			ctx := cmd.Context()
-			st, err := open.Open(ctx, storeOptions(cfg))
+			st, err := openStore(ctx, cfg)
 			if err != nil {
-				return usage.Wrap(err)
+				return err
 			}
 			found, read, err := restore.Find(ctx, st, q)
 			if err != nil {

@@ -11,8 +11,6 @@ import (
 
 	"github.com/binvault/binvault/backup"
 	"github.com/binvault/binvault/internal/config"
-	"github.com/binvault/binvault/internal/usage"
-	"github.com/binvault/binvault/storage/open"
 )
 
 func newPruneCmd(g *globals) *cobra.Command {
@@ -43,9 +41,9 @@ backup.`,
 				return err
 			}
 			ctx := cmd.Context()
-			st, err := open.Open(ctx, storeOptions(cfg))
+			st, err := openStore(ctx, cfg)
 			if err != nil {
-				return usage.Wrap(err)
+				return err
 			}
 			pos, hasReplica := "", false
 			if cfg.Replica != nil {

@@ -14,7 +14,6 @@ import (
 
 	"github.com/binvault/binvault/internal/usage"
 	"github.com/binvault/binvault/restore"
-	"github.com/binvault/binvault/storage/open"
 )
 
 type restoreFlags struct {
@@ -62,9 +61,9 @@ with --resume.`,
 				return usage.Errorf("--target is required: the server to restore into, mysql://user:password@host:port")
 			}
 			ctx := cmd.Context()
-			st, err := open.Open(ctx, storeOptions(cfg))
+			st, err := openStore(ctx, cfg)
 			if err != nil {
-				return usage.Wrap(err)
+				return err
 			}
 			plan, err := restore.MakePlan(ctx, st, target)
 			if err != nil {

@@ -23,7 +23,6 @@ import (
 	"github.com/binvault/binvault/internal/usage"
 	"github.com/binvault/binvault/replicator"
 	"github.com/binvault/binvault/storage"
-	"github.com/binvault/binvault/storage/open"
 )
 
 // drainTimeout bounds how long a SIGTERM waits for the last uploads.
@@ -97,9 +96,9 @@ func (d *daemon) setup(ctx context.Context, startFrom string) error {
 	if startFrom != "" && !strings.HasPrefix(startFrom, "gtid:") {
 		return usage.Errorf("--start-from %q: write gtid:SET, e.g. gtid:0-1-1000", startFrom)
 	}
-	d.store, err = open.Open(ctx, storeOptions(cfg))
+	d.store, err = openStore(ctx, cfg)
 	if err != nil {
-		return usage.Wrap(err)
+		return err
 	}
 	if ck, ok := d.store.(storage.Checker); ok {
 		if err := ck.Check(ctx); err != nil {

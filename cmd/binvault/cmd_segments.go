@@ -13,7 +13,6 @@ import (
 	"github.com/binvault/binvault/internal/binlog"
 	"github.com/binvault/binvault/internal/config"
 	"github.com/binvault/binvault/storage"
-	"github.com/binvault/binvault/storage/open"
 )
 
 // coverage is the continuous stretch of history the archive holds.
@@ -73,7 +72,7 @@ continuous coverage. Breaks in the chain are listed as gaps.`,
 }
 
 func loadIndex(ctx context.Context, cfg *config.Config) (storage.Store, *archive.Index, error) {
-	st, err := open.Open(ctx, storeOptions(cfg))
+	st, err := openStore(ctx, cfg)
 	if err != nil {
 		return nil, nil, err
 	}

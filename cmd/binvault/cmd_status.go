@@ -203,6 +203,16 @@ func roundDur(seconds float64) time.Duration {
 	return time.Duration(seconds * float64(time.Second)).Round(100 * time.Millisecond)
 }
 
+// openStore opens the configured store; a URL or option it cannot use is
+// the user's to fix.
+func openStore(ctx context.Context, cfg *config.Config) (storage.Store, error) {
+	st, err := open.Open(ctx, storeOptions(cfg))
+	if err != nil {
+		return nil, usage.Wrap(err)
+	}
+	return st, nil
+}
+
 func storeOptions(cfg *config.Config) open.Options {
 	return open.Options{URL: cfg.Storage.URL, Endpoint: cfg.Storage.Endpoint, Region: cfg.Storage.Region, PathStyle: cfg.Storage.PathStyle}
 }
