@@ -1,6 +1,7 @@
 package replay
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
@@ -73,151 +74,85 @@ const (
 
 var errShortStatus = errors.New("query event status variables are truncated")
 
+// cursor reads status variables; a read past the end sets short.
+type cursor struct {
+	b     []byte
+	short bool
+}
+
+func (c *cursor) take(n int) []byte {
+	if n > len(c.b) {
+		c.short, c.b = true, nil
+		return make([]byte, n)
+	}
+	v := c.b[:n]
+	c.b = c.b[n:]
+	return v
+}
+
+// str reads a string with a one-byte length.
+func (c *cursor) str() string { return string(c.take(int(c.take(1)[0]))) }
+
 func parseStatusVars(b []byte) (queryStatus, error) {
 	var s queryStatus
-	need := func(n int) error {
-		if len(b) < n {
-			return errShortStatus
-		}
-		return nil
-	}
-	for len(b) > 0 {
-		code := b[0]
-		b = b[1:]
-		switch code {
+	c := &cursor{b: b}
+	u16 := func() uint16 { return binary.LittleEndian.Uint16(c.take(2)) }
+	for len(c.b) > 0 && !c.short {
+		switch code := c.take(1)[0]; code {
 		case qFlags2:
-			if err := need(4); err != nil {
-				return s, err
-			}
-			s.flags2, s.flags2Set = binary.LittleEndian.Uint32(b), true
-			b = b[4:]
+			s.flags2, s.flags2Set = binary.LittleEndian.Uint32(c.take(4)), true
 		case qSQLMode:
-			if err := need(8); err != nil {
-				return s, err
-			}
-			s.sqlMode, s.sqlModeSet = binary.LittleEndian.Uint64(b), true
-			b = b[8:]
+			s.sqlMode, s.sqlModeSet = binary.LittleEndian.Uint64(c.take(8)), true
 		case qCatalog:
-			if err := need(1); err != nil {
-				return s, err
-			}
-			n := int(b[0]) + 2 // length, string, trailing NUL
-			if err := need(n); err != nil {
-				return s, err
-			}
-			b = b[n:]
+			c.str()
+			c.take(1) // trailing NUL
 		case qAutoIncrement:
-			if err := need(4); err != nil {
-				return s, err
-			}
-			s.autoIncInc, s.autoIncOffset, s.autoIncSet = binary.LittleEndian.Uint16(b), binary.LittleEndian.Uint16(b[2:]), true
-			b = b[4:]
+			s.autoIncInc, s.autoIncOffset, s.autoIncSet = u16(), u16(), true
 		case qCharset:
-			if err := need(6); err != nil {
-				return s, err
-			}
-			copy(s.charset[:], b[:6])
+			copy(s.charset[:], c.take(6))
 			s.charsetSet = true
-			b = b[6:]
 		case qTimeZone:
-			if err := need(1); err != nil {
-				return s, err
-			}
-			n := int(b[0])
-			if err := need(1 + n); err != nil {
-				return s, err
-			}
-			s.timeZone = string(b[1 : 1+n])
-			b = b[1+n:]
+			s.timeZone = c.str()
 		case qCatalogNZ:
-			if err := need(1); err != nil {
-				return s, err
-			}
-			n := int(b[0])
-			if err := need(1 + n); err != nil {
-				return s, err
-			}
-			b = b[1+n:]
+			c.str()
 		case qLCTimeNames:
-			if err := need(2); err != nil {
-				return s, err
-			}
-			s.lcTimeNames, s.lcTimeSet = binary.LittleEndian.Uint16(b), true
-			b = b[2:]
+			s.lcTimeNames, s.lcTimeSet = u16(), true
 		case qCharsetDatabase:
-			if err := need(2); err != nil {
-				return s, err
-			}
-			s.collationDB, s.collationDBSet = binary.LittleEndian.Uint16(b), true
-			b = b[2:]
+			s.collationDB, s.collationDBSet = u16(), true
 		case qTableMapForUpdate, qDDLLoggedWithXID, qXID:
-			if err := need(8); err != nil {
-				return s, err
-			}
-			b = b[8:]
+			c.take(8)
 		case qMasterDataWritten:
-			if err := need(4); err != nil {
-				return s, err
-			}
-			b = b[4:]
+			c.take(4)
 		case qInvoker:
-			for i := 0; i < 2; i++ { // user, host
-				if err := need(1); err != nil {
-					return s, err
-				}
-				n := int(b[0])
-				if err := need(1 + n); err != nil {
-					return s, err
-				}
-				b = b[1+n:]
-			}
+			c.str() // user
+			c.str() // host
 		case qUpdatedDBNames:
-			if err := need(1); err != nil {
-				return s, err
-			}
-			count := int(b[0])
-			b = b[1:]
+			count := int(c.take(1)[0])
 			if count == 254 { // OVER_MAX_DBS_IN_EVENT_MTS: no names follow
 				break
 			}
-			for i := 0; i < count; i++ {
-				end := strings.IndexByte(string(b), 0)
+			for i := 0; i < count && !c.short; i++ {
+				end := bytes.IndexByte(c.b, 0)
 				if end < 0 {
 					return s, errShortStatus
 				}
-				b = b[end+1:]
+				c.take(end + 1)
 			}
 		case qMicroseconds, qHRNow:
-			if err := need(3); err != nil {
-				return s, err
-			}
-			s.microseconds = uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16
-			s.microsecondsSet = true
-			b = b[3:]
-		case qCommitTS:
-			return s, nil // never written by servers
-		case qCommitTS2:
-			return s, nil
-		case qExplicitDefTS, qSQLRequirePK, qDefaultTableEnc:
-			if err := need(1); err != nil {
-				return s, err
-			}
-			b = b[1:]
+			v := c.take(3)
+			s.microseconds, s.microsecondsSet = uint32(v[0])|uint32(v[1])<<8|uint32(v[2])<<16, true
+		case qExplicitDefTS, qSQLRequirePK, qDefaultTableEnc, qGTIDFlags3:
+			c.take(1)
 		case qDefaultCollation:
-			if err := need(2); err != nil {
-				return s, err
-			}
-			b = b[2:]
-		case qGTIDFlags3:
-			if err := need(1); err != nil {
-				return s, err
-			}
-			b = b[1:]
+			c.take(2)
 		default:
-			// Unknown: the server stops here as well; what follows is
-			// newer than this code and cannot be skipped safely.
+			// Unknown (or the never-written commit timestamps): the server
+			// stops here as well; what follows cannot be skipped safely.
 			return s, nil
 		}
+	}
+	if c.short {
+		return s, errShortStatus
 	}
 	return s, nil
 }
