@@ -353,6 +353,11 @@ func (a *Applier) session(ctx context.Context) error {
 			a.opts.Log.Debug("cannot turn off row annotations on the replica", "err", err.Error())
 		}
 	}
+	if a.flavor == dbconn.MariaDB {
+		if err := a.disableEnabledEvents(c); err != nil {
+			return err
+		}
+	}
 	f, err := newFeed(ctx, a.spool, a.store, a.flavor, applied)
 	if err != nil {
 		return err
@@ -368,6 +373,7 @@ func (a *Applier) session(ctx context.Context) error {
 		BatchTxns:  a.opts.BatchTxns,
 		BatchBytes: a.opts.BatchBytes,
 		Filter:     a.filter,
+		Rewrite:    a.rewrite(),
 		Skip:       skipper(a.flavor, mine, a.recoveredDDL(c, applied), a.opts.Log),
 		Due:        a.due(),
 		Committed: func(t replay.Txn) {

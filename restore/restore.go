@@ -78,6 +78,9 @@ type Summary struct {
 	GTIDRecorded  string        `json:"gtid_recorded"`
 	LoadWarnings  []string      `json:"load_warnings,omitempty"`
 	ReplayWarning []string      `json:"notes,omitempty"`
+	// EventScheduler says how the target's event scheduler was paused ("":
+	// it was not running).
+	EventScheduler string `json:"event_scheduler,omitempty"`
 }
 
 // Run restores plan into the target.
@@ -111,20 +114,38 @@ func Run(ctx context.Context, st storage.Store, plan *Plan, o Options) (sum Summ
 	if err != nil {
 		return sum, err
 	}
+	if prev == nil && o.Resume {
+		return sum, usage.Errorf("--resume: the target holds no unfinished restore (no %s database): run without --resume", stateDB)
+	}
+	if prev != nil && o.Resume && (prev.BackupID != m.ID || prev.Target != sum.Target) {
+		return sum, usage.Errorf("the target holds an unfinished restore of backup %s to %s, not of backup %s to %s: resume it with the same target, or pass --force to start over", prev.BackupID, prev.Target, m.ID, sum.Target)
+	}
+	if prev != nil && !o.Resume && !o.Force {
+		return sum, usage.Errorf("the target holds an unfinished restore of backup %s to %s, stopped at GTID %q (%s): rerun with --resume to continue it, or --force to start over", prev.BackupID, prev.Target, prev.Position, prev.Updated)
+	}
+	// Events must not run while the target is rebuilt: one firing between
+	// the load and the replay, or between two replayed transactions,
+	// writes what the source never had at that point.
+	resumeEvents, paused, events := pauseEvents(ctx, db, o.Log)
+	sum.EventScheduler = events
+	defer func() {
+		// A refusal before the load changed anything leaves the target as
+		// it was; a restore that stopped halfway keeps its events still.
+		if err == nil || (usage.Is(err) && prev == nil && !sum.BackupLoaded) {
+			resumeEvents()
+			return
+		}
+		if paused {
+			o.Log.Error("the target's event scheduler stays OFF: the restore did not finish; after finishing it (--resume), run SET GLOBAL event_scheduler=ON on the target")
+		}
+	}()
 	var pos binlog.GTIDSet
 	switch {
 	case prev != nil && o.Resume:
-		if prev.BackupID != m.ID || prev.Target != sum.Target {
-			return sum, usage.Errorf("the target holds an unfinished restore of backup %s to %s, not of backup %s to %s: resume it with the same target, or pass --force to start over", prev.BackupID, prev.Target, m.ID, sum.Target)
-		}
 		if pos, err = binlog.ParseGTIDSet(flavor, prev.Position); err != nil {
 			return sum, err
 		}
 		o.Log.Info("resuming the unfinished restore", "backup", m.ID, "position", prev.Position)
-	case prev != nil && !o.Force:
-		return sum, usage.Errorf("the target holds an unfinished restore of backup %s to %s, stopped at GTID %q (%s): rerun with --resume to continue it, or --force to start over", prev.BackupID, prev.Target, prev.Position, prev.Updated)
-	case o.Resume:
-		return sum, usage.Errorf("--resume: the target holds no unfinished restore (no %s database): run without --resume", stateDB)
 	default:
 		if prev != nil {
 			if _, err := db.ExecContext(ctx, "SET SESSION sql_log_bin=0"); err == nil {
@@ -434,6 +455,28 @@ func relaxDurability(ctx context.Context, db *sql.DB, log *slog.Logger) (func(),
 			log.Error("could not put the target's durability settings back: set them by hand", "innodb_flush_log_at_trx_commit", flush, "sync_binlog", sync, "err", err.Error())
 		}
 	}, fmt.Sprintf("relaxed for the replay (innodb_flush_log_at_trx_commit=2, sync_binlog=0), then put back to %s and %s", flush, sync)
+}
+
+// pauseEvents stops the target's event scheduler if it runs and returns
+// the function that starts it again. A target with events left DISABLED or
+// the scheduler off is left alone.
+func pauseEvents(ctx context.Context, db *sql.DB, log *slog.Logger) (resume func(), paused bool, note string) {
+	var sched string
+	if err := db.QueryRowContext(ctx, "SELECT @@GLOBAL.event_scheduler").Scan(&sched); err != nil || !strings.EqualFold(sched, "ON") {
+		return func() {}, false, ""
+	}
+	if _, err := db.ExecContext(ctx, "SET GLOBAL event_scheduler=OFF"); err != nil {
+		log.Warn("the target's event scheduler is ON and cannot be paused: events may fire during the restore and write what the source did not (SET GLOBAL needs SUPER or SYSTEM VARIABLES ADMIN)", "err", err.Error())
+		return func() {}, false, "left ON: the user may not pause it, events may have fired during the restore"
+	}
+	log.Info("paused the target's event scheduler for the restore")
+	return func() {
+		c, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if _, err := db.ExecContext(c, "SET GLOBAL event_scheduler=ON"); err != nil {
+			log.Error("could not start the target's event scheduler again: run SET GLOBAL event_scheduler=ON", "err", err.Error())
+		}
+	}, true, "paused during the restore, then ON again"
 }
 
 // recordGTID makes the target's GTID state the restored position, so it can

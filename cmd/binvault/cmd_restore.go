@@ -205,6 +205,9 @@ func printSummary(g *globals, s restore.Summary) {
 	}
 	fmt.Fprintf(w, "  how       %s; durability %s\n", mode, s.Durability)
 	fmt.Fprintf(w, "  final     GTID %q, recorded in %s\n", s.FinalGTID, s.GTIDRecorded)
+	if s.EventScheduler != "" {
+		fmt.Fprintf(w, "  events    scheduler %s\n", s.EventScheduler)
+	}
 	for _, n := range s.ReplayWarning {
 		fmt.Fprintf(w, "  note      %s\n", n)
 	}

@@ -60,6 +60,9 @@ type Options struct {
 	// Checkpoint (Restore) returns a statement recording that the group's
 	// transactions are applied; it runs inside the group it describes.
 	Checkpoint func(group []Txn) string
+	// Rewrite (Replica), when set, may replace a statement's text before
+	// it is sent (ok true).
+	Rewrite func(query, defaultDB string) (string, bool)
 	// Committed is called for each source transaction once durable.
 	Committed func(t Txn)
 	// Flushed is called after each round trip with the transactions it
@@ -441,7 +444,13 @@ func (b *Batcher) query(ev binlog.Event, q *replication.QueryEvent, role binlog.
 	for _, s := range setup {
 		b.addString(s)
 	}
-	b.add(q.Query, shorten(text))
+	stmt := q.Query
+	if b.o.Mode == Replica && b.o.Rewrite != nil {
+		if r, ok := b.o.Rewrite(text, string(q.Schema)); ok {
+			stmt, text = []byte(r), r
+		}
+	}
+	b.add(stmt, shorten(text))
 	if role == binlog.End {
 		if b.o.Mode == Restore && t.standalone {
 			// The DDL ran on its own; its checkpoint follows at once.

@@ -200,7 +200,7 @@ func (t *tokens) skipQuoted(q byte) {
 		c := t.s[t.pos]
 		t.pos++
 		if c == '\\' && q != '`' {
-			t.pos++
+			t.pos = min(t.pos+1, len(t.s))
 			continue
 		}
 		if c == q {
@@ -266,4 +266,120 @@ func (t *tokens) ident() (string, bool) {
 		return "", false
 	}
 	return w, true
+}
+
+// DisableEventOnReplica rewrites a CREATE EVENT or ALTER EVENT statement
+// so that the event it leaves is SLAVESIDE_DISABLED, as native replication
+// makes it: the replica keeps the event without running it (the primary's
+// runs, and its writes replicate). ENABLE or DISABLE become DISABLE ON
+// SLAVE; a CREATE without either gets it before its COMMENT or DO; an
+// ALTER without either keeps the event's status and is left alone. ok is
+// false when the statement is left as it was; db and name say which event
+// it is about.
+func DisableEventOnReplica(query, defaultDB string) (rewritten, db, name string, ok bool) {
+	t := &tokens{s: query}
+	qualified := func() (string, string, bool) {
+		a, ok := t.ident()
+		if !ok {
+			return "", "", false
+		}
+		if t.peek() == '.' {
+			t.pos++
+			b, ok := t.ident()
+			return a, b, ok
+		}
+		return defaultDB, a, true
+	}
+	// toEvent steps over OR REPLACE and DEFINER = ... up to EVENT.
+	toEvent := func() bool {
+		for i := 0; i < 16; i++ {
+			t.skipSpace()
+			if c := t.peek(); c == '`' || c == '\'' || c == '"' {
+				t.skipQuoted(c)
+				continue
+			}
+			switch strings.ToUpper(t.word()) {
+			case "EVENT":
+				return true
+			case "", "TABLE", "VIEW", "DATABASE", "SCHEMA", "PROCEDURE", "FUNCTION", "TRIGGER", "INDEX", "SEQUENCE", "USER", "ROLE", "SERVER", "PACKAGE":
+				return false
+			}
+		}
+		return false
+	}
+	var create bool
+	switch strings.ToUpper(t.word()) {
+	case "CREATE":
+		create = true
+	case "ALTER":
+	default:
+		return query, "", "", false
+	}
+	if !toEvent() {
+		return query, "", "", false
+	}
+	if create {
+		save := t.pos
+		if strings.ToUpper(t.word()) == "IF" {
+			t.word() // NOT
+			t.word() // EXISTS
+		} else {
+			t.pos = save
+		}
+	}
+	if db, name, ok = qualified(); !ok {
+		return query, "", "", false
+	}
+	splice := func(from, to int) string {
+		return query[:from] + "DISABLE ON SLAVE" + query[to:]
+	}
+	// The clauses before the body, at the top level: quoted text (a
+	// COMMENT, a STARTS time) and parentheses are stepped over whole.
+	depth := 0
+	for t.pos < len(query) {
+		t.skipSpace()
+		start := t.pos
+		switch c := t.peek(); c {
+		case '`', '\'', '"':
+			t.skipQuoted(c)
+			continue
+		case '(':
+			depth++
+			t.pos++
+			continue
+		case ')':
+			depth--
+			t.pos++
+			continue
+		}
+		w := strings.ToUpper(t.word())
+		if w == "" {
+			break
+		}
+		if depth != 0 {
+			continue
+		}
+		switch w {
+		case "ENABLE":
+			return splice(start, t.pos), db, name, true
+		case "DISABLE":
+			end := t.pos
+			if strings.ToUpper(t.word()) == "ON" && strings.ToUpper(t.word()) == "SLAVE" {
+				return query, db, name, false // already
+			}
+			return splice(start, end), db, name, true
+		case "RENAME":
+			if strings.ToUpper(t.word()) == "TO" {
+				if d, n, ok := qualified(); ok {
+					db, name = d, n
+				}
+			}
+		case "COMMENT", "DO":
+			if !create {
+				return query, db, name, false
+			}
+			return query[:start] + "DISABLE ON SLAVE " + query[start:], db, name, true
+		}
+	}
+	return query, db, name, false
 }

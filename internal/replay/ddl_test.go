@@ -40,3 +40,49 @@ func FuzzDDLTarget(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, q string) { DDLTarget(q, "d") })
 }
+
+func TestDisableEventOnReplica(t *testing.T) {
+	for _, c := range []struct {
+		q, def, want, db, name string
+	}{
+		{"CREATE DEFINER=`root`@`localhost` EVENT `tick` ON SCHEDULE EVERY 1 SECOND DO INSERT INTO t VALUES (1)", "app",
+			"CREATE DEFINER=`root`@`localhost` EVENT `tick` ON SCHEDULE EVERY 1 SECOND DISABLE ON SLAVE DO INSERT INTO t VALUES (1)", "app", "tick"},
+		{"CREATE OR REPLACE DEFINER='u'@'%' EVENT IF NOT EXISTS ops.`clean up` ON SCHEDULE AT '2026-01-01 00:00:00' + INTERVAL 1 DAY ON COMPLETION PRESERVE ENABLE COMMENT 'do it' DO DELETE FROM x", "",
+			"CREATE OR REPLACE DEFINER='u'@'%' EVENT IF NOT EXISTS ops.`clean up` ON SCHEDULE AT '2026-01-01 00:00:00' + INTERVAL 1 DAY ON COMPLETION PRESERVE DISABLE ON SLAVE COMMENT 'do it' DO DELETE FROM x", "ops", "clean up"},
+		{"create event e on schedule every 1 hour starts (now() + interval 1 minute) disable do begin select 1; end", "d",
+			"create event e on schedule every 1 hour starts (now() + interval 1 minute) DISABLE ON SLAVE do begin select 1; end", "d", "e"},
+		{"CREATE EVENT e ON SCHEDULE EVERY 1 DAY COMMENT 'enable me' DO SELECT 1", "d",
+			"CREATE EVENT e ON SCHEDULE EVERY 1 DAY DISABLE ON SLAVE COMMENT 'enable me' DO SELECT 1", "d", "e"},
+		{"ALTER DEFINER=`root`@`localhost` EVENT app.tick ON SCHEDULE EVERY 2 SECOND ENABLE", "",
+			"ALTER DEFINER=`root`@`localhost` EVENT app.tick ON SCHEDULE EVERY 2 SECOND DISABLE ON SLAVE", "app", "tick"},
+		{"ALTER EVENT tick RENAME TO app2.tock COMMENT 'enable' DO SELECT 1", "app", "", "app2", "tock"},
+		{"ALTER EVENT tick RENAME TO tock ENABLE", "app", "ALTER EVENT tick RENAME TO tock DISABLE ON SLAVE", "app", "tock"},
+		{"ALTER EVENT tick DO ALTER EVENT x ENABLE", "app", "", "app", "tick"},
+		{"CREATE EVENT e ON SCHEDULE EVERY 1 DAY DISABLE ON SLAVE DO SELECT 1", "d", "", "d", "e"},
+		{"ALTER TABLE app.t ENABLE KEYS", "", "", "", ""},
+		{"CREATE TABLE event (id INT)", "d", "", "", ""},
+		{"CREATE DEFINER=`root`@`localhost` PROCEDURE p() SELECT 1", "d", "", "", ""},
+		{"DROP EVENT app.tick", "", "", "", ""},
+	} {
+		got, db, name, ok := DisableEventOnReplica(c.q, c.def)
+		want := c.want
+		if want == "" {
+			want = c.q
+		}
+		if got != want || ok != (c.want != "") || db != c.db || name != c.name {
+			t.Errorf("DisableEventOnReplica(%q)\n = %q, %q, %q, %v\nwant %q, %q, %q, %v", c.q, got, db, name, ok, want, c.db, c.name, c.want != "")
+		}
+	}
+}
+
+func FuzzDisableEventOnReplica(f *testing.F) {
+	for _, s := range []string{"CREATE EVENT a.b ON SCHEDULE EVERY 1 DAY DO SELECT 1", "ALTER EVENT `x", "CREATE DEFINER='x", "ALTER EVENT e RENAME", "CREATE\"\\", "/*"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, q string) {
+		got, _, _, ok := DisableEventOnReplica(q, "d")
+		if !ok && got != q {
+			t.Fatalf("changed without saying so: %q -> %q", q, got)
+		}
+	})
+}
