@@ -3,6 +3,8 @@ package main
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 
 	"github.com/spf13/cobra"
@@ -62,6 +64,7 @@ Exit 0: all good. Exit 1: damage found, one line per damaged object.`,
 			sem := make(chan struct{}, max(1, parallel))
 			var wg sync.WaitGroup
 			txns := 0
+			damaged := map[uint64]string{}
 			for _, seg := range ix.Segments {
 				txns += seg.Txns
 				wg.Add(1)
@@ -75,7 +78,7 @@ Exit 0: all good. Exit 1: damage found, one line per damaged object.`,
 					var de *archive.DamageError
 					switch {
 					case errors.As(err, &de):
-						problems = append(problems, "damaged: "+de.Error())
+						damaged[seg.Seq] = "damaged: " + de.Error()
 					case err != nil && opErr == nil:
 						opErr = err
 					}
@@ -84,6 +87,23 @@ Exit 0: all good. Exit 1: damage found, one line per damaged object.`,
 			wg.Wait()
 			if opErr != nil {
 				return opErr
+			}
+			if len(damaged) > 0 {
+				// A prune running meanwhile deletes manifests, then segments:
+				// a segment listed before may be gone now. Below the floor it
+				// is no longer part of the archive, so not damage.
+				cs, err := archive.ReadCatalogState(ctx, st)
+				if err != nil {
+					return err
+				}
+				seqs := slices.Sorted(maps.Keys(damaged))
+				for _, seq := range seqs {
+					if seq < cs.Floor {
+						notes = append(notes, fmt.Sprintf("note: segment %d was pruned while verify ran (the prune floor is now %d)", seq, cs.Floor))
+						continue
+					}
+					problems = append(problems, damaged[seq])
+				}
 			}
 			for _, p := range append(notes, problems...) {
 				fmt.Fprintln(g.stdout, p)
