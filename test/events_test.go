@@ -139,3 +139,35 @@ func TestRestorePausesTheTargetsEvents(t *testing.T) {
 		t.Errorf("restored event app.tick is %q, want DISABLED as on the primary", s)
 	}
 }
+
+// Without BINLOG ADMIN binvault cannot disable a loaded event unlogged:
+// with the replica's scheduler on it must refuse to apply, naming the
+// event and the fix, rather than let the event write twice.
+func TestReplicaRefusesAnEnabledEventItCannotDisable(t *testing.T) {
+	e := newReplicaEnv(t, replicaOpts{})
+	p, r := e.primary, e.replica
+	seed := []string{"CREATE DATABASE ops", "CREATE TABLE ops.ticks (id INT AUTO_INCREMENT PRIMARY KEY, at DATETIME(6))",
+		"CREATE EVENT ops.seeded ON SCHEDULE EVERY 1 HOUR STARTS CURRENT_TIMESTAMP + INTERVAL 1 HOUR DO INSERT INTO ops.ticks VALUES (NULL, NOW(6))"}
+	execOn(t, p, seed...)
+	execOn(t, r, append([]string{"SET sql_log_bin=0"}, seed...)...)
+	execOn(t, r, "SET sql_log_bin=0",
+		"REVOKE ALL PRIVILEGES, GRANT OPTION FROM applier@'127.0.0.1'",
+		"GRANT BINLOG REPLAY, READ ONLY ADMIN, SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, ALTER, INDEX, EVENT, PROCESS ON *.* TO applier@'127.0.0.1'",
+		"SET GLOBAL event_scheduler=ON")
+	d := e.startStreaming(t)
+	eventually(t, 20*time.Second, "the applier to stop", func() bool {
+		return strings.Contains(d.log.String(), "replica applier stopped")
+	})
+	log := d.log.String()
+	for _, want := range []string{"event `ops`.`seeded` is enabled and would run on the replica", "GRANT BINLOG ADMIN"} {
+		if !strings.Contains(log, want) {
+			t.Errorf("the applier's stop does not say %q:\n%s", want, tailLog(d))
+		}
+	}
+	if s := eventStatus(t, r, "ops", "seeded"); s != "ENABLED" {
+		t.Errorf("event status %q: binvault may not change it without BINLOG ADMIN", s)
+	}
+	// Archiving goes on.
+	p.Exec(t, "INSERT INTO ops.ticks VALUES (NULL, NOW(6))")
+	e.waitArchived(t, 30*time.Second)
+}
