@@ -141,6 +141,12 @@ func TestArchiveSurvivesStoreOutage(t *testing.T) {
 	streamedAtCut := metric(t, web, "binvault_source_transactions_total")
 	at(5 * time.Second)
 	rpoEarly := metric(t, web, "binvault_archive_rpo_seconds")
+	// The RPO passes /readyz's limit (10 s here) before the S3 client gives
+	// up on a request.
+	eventually(t, time.Until(down.Add(15*time.Second)), "/readyz to answer 503 on the RPO", func() bool {
+		code, body := httpGet(web, "/readyz")
+		return code == http.StatusServiceUnavailable && strings.Contains(body, "RPO")
+	})
 	// The S3 client retries each request for several seconds before the
 	// archiver sees an error, so the first upload error comes a while in.
 	eventually(t, time.Until(down.Add(outage-3*time.Second)), "an upload error while the store is down", func() bool {

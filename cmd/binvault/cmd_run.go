@@ -344,6 +344,12 @@ func (d *daemon) serveHTTP() (*http.Server, error) {
 	return srv, nil
 }
 
+// rpoLimit is the RPO past which the daemon is not ready: five flush
+// intervals, at least 10 s.
+func (d *daemon) rpoLimit() time.Duration {
+	return max(10*time.Second, 5*d.cfg.Archive.FlushInterval.D())
+}
+
 // unready lists why the daemon is not doing its job right now.
 func (d *daemon) unready() []string {
 	var p []string
@@ -353,6 +359,11 @@ func (d *daemon) unready() []string {
 	}
 	if st.Archive.LastError != "" {
 		p = append(p, "archive: "+st.Archive.LastError)
+	}
+	// The SDK retries a request for a while before the archiver sees an
+	// error; the RPO says sooner that uploads are not keeping up.
+	if limit := d.rpoLimit(); st.Archive.RPOSeconds > limit.Seconds() {
+		p = append(p, fmt.Sprintf("archive: RPO %.0fs, over %s: the oldest streamed transaction is not archived yet", st.Archive.RPOSeconds, limit))
 	}
 	if r := st.Replica; r != nil && (r.Stopped || !r.Connected) {
 		p = append(p, "replica applier not running: "+r.LastError)
