@@ -140,10 +140,17 @@ func Run(ctx context.Context, st storage.Store, plan *Plan, o Options) (sum Summ
 		}
 	}()
 	var pos binlog.GTIDSet
+	var ddlInBinlog bool
+	var ddlDone func(gtid string) bool
 	switch {
 	case prev != nil && o.Resume:
 		if pos, err = binlog.ParseGTIDSet(flavor, prev.Position); err != nil {
 			return sum, err
+		}
+		if ddlInBinlog = prev.DDLInBinlog; ddlInBinlog {
+			if ddlDone, err = loggedDDL(ctx, db); err != nil {
+				return sum, err
+			}
 		}
 		o.Log.Info("resuming the unfinished restore", "backup", m.ID, "position", prev.Position)
 	default:
@@ -162,7 +169,8 @@ func Run(ctx context.Context, st storage.Store, plan *Plan, o Options) (sum Summ
 		if pos, err = binlog.ParseGTIDSet(flavor, m.Position.GTIDSet); err != nil {
 			return sum, err
 		}
-		if err := writeState(ctx, db, state{BackupID: m.ID, Target: sum.Target, Position: pos.String()}); err != nil {
+		ddlInBinlog = prepareDDLLog(ctx, db, flavor, o.Log)
+		if err := writeState(ctx, db, state{BackupID: m.ID, Target: sum.Target, Position: pos.String(), DDLInBinlog: ddlInBinlog}); err != nil {
 			return sum, err
 		}
 	}
@@ -173,10 +181,13 @@ func Run(ctx context.Context, st storage.Store, plan *Plan, o Options) (sum Summ
 		o.Progress.TxnsTotal.Add(int64(s.Txns))
 	}
 	replayStart := time.Now()
+	if ddlInBinlog {
+		sum.ReplayWarning = append(sum.ReplayWarning, "each DDL was logged in the target's binlog under its source GTID (binlog reset first), so that a resume knows whether it ran")
+	}
 	restoreDurability, durability := relaxDurability(ctx, db, o.Log)
 	sum.Durability = durability
 	defer restoreDurability()
-	final, stoppedAt, binlogOff, err := replaySegments(ctx, st, plan, pos, dsn, o, &sum)
+	final, stoppedAt, binlogOff, err := replaySegments(ctx, st, plan, pos, ddlInBinlog, ddlDone, dsn, o, &sum)
 	sum.Replay = time.Since(replayStart)
 	sum.BinlogOff = binlogOff
 	if err != nil {
@@ -199,7 +210,7 @@ func Run(ctx context.Context, st storage.Store, plan *Plan, o Options) (sum Summ
 
 // replaySegments applies the plan's segments after pos and returns the
 // final position.
-func replaySegments(ctx context.Context, st storage.Store, plan *Plan, pos binlog.GTIDSet, dsn dbconn.DSN, o Options, sum *Summary) (final binlog.GTIDSet, stoppedAt string, binlogOff bool, err error) {
+func replaySegments(ctx context.Context, st storage.Store, plan *Plan, pos binlog.GTIDSet, logDDL bool, ddlDone func(string) bool, dsn dbconn.DSN, o Options, sum *Summary) (final binlog.GTIDSet, stoppedAt string, binlogOff bool, err error) {
 	final = pos.Clone()
 	if len(plan.Segments) == 0 {
 		return final, "", true, nil
@@ -216,7 +227,7 @@ func replaySegments(ctx context.Context, st storage.Store, plan *Plan, pos binlo
 	if err := c.Exec("SET SESSION sql_log_bin=0"); err != nil {
 		// Without BINLOG ADMIN the target logs what is replayed: then each
 		// transaction keeps its source GTID, as on a replica (slower).
-		binlogOff, mode = false, replay.Replica
+		binlogOff, mode, logDDL = false, replay.Replica, false
 		sum.ReplayWarning = append(sum.ReplayWarning, "the user may not turn the binlog off (BINLOG ADMIN): replayed one commit per transaction, each logged with its source GTID")
 	}
 	c.Exec("SET SESSION binlog_annotate_row_events=0")
@@ -235,8 +246,20 @@ func replaySegments(ctx context.Context, st storage.Store, plan *Plan, pos binlo
 		GroupTxns: o.GroupTxns,
 		BatchTxns: 2 * o.GroupTxns,
 		Filter:    filter,
+		LogDDL:    logDDL,
 		Skip: func(g string, _ bool) (bool, error) {
-			return queued.ContainsGTID(g), nil
+			if queued.ContainsGTID(g) {
+				return true, nil
+			}
+			if ddlDone != nil && ddlDone(g) {
+				// Past the checkpoint, yet it ran: the stop came between
+				// a DDL and its checkpoint.
+				o.Log.Info("skipping a DDL the target's binlog shows ran before the stop", "gtid", g)
+				queued.Add(g)
+				ckpt.Add(g)
+				return true, nil
+			}
+			return false, nil
 		},
 		Stop: func(t replay.Txn) bool {
 			switch {
@@ -260,8 +283,7 @@ func replaySegments(ctx context.Context, st storage.Store, plan *Plan, pos binlo
 			for _, t := range group {
 				ckpt.Add(t.GTID)
 			}
-			return fmt.Sprintf("REPLACE INTO %s.state (id, backup_id, target, position, updated) VALUES (1, %s, %s, %s, NOW(6))",
-				stateDB, sqlString(plan.Backup.ID), sqlString(target.String()), sqlString(ckpt.String()))
+			return checkpointSQL(state{BackupID: plan.Backup.ID, Target: target.String(), Position: ckpt.String(), DDLInBinlog: logDDL})
 		},
 		Committed: func(t replay.Txn) {
 			mu.Lock()
@@ -397,11 +419,21 @@ func fetchOne(ctx context.Context, st storage.Store, s archive.Segment, path str
 
 type state struct {
 	BackupID, Target, Position, Updated string
+	// DDLInBinlog: the replay logs each DDL under its source GTID in the
+	// target's binlog (reset before the replay), so a resume adds the
+	// binlog's position to Position.
+	DDLInBinlog bool
+}
+
+// checkpointSQL records s as the restore's progress.
+func checkpointSQL(s state) string {
+	return fmt.Sprintf("REPLACE INTO %s.state (id, backup_id, target, position, updated, ddl_in_binlog) VALUES (1, %s, %s, %s, NOW(6), %t)",
+		stateDB, sqlString(s.BackupID), sqlString(s.Target), sqlString(s.Position), s.DDLInBinlog)
 }
 
 func readState(ctx context.Context, db *sql.DB) (*state, error) {
 	var s state
-	err := db.QueryRowContext(ctx, "SELECT backup_id, target, position, CAST(updated AS CHAR) FROM "+stateDB+".state WHERE id = 1").Scan(&s.BackupID, &s.Target, &s.Position, &s.Updated)
+	err := db.QueryRowContext(ctx, "SELECT backup_id, target, position, CAST(updated AS CHAR), ddl_in_binlog FROM "+stateDB+".state WHERE id = 1").Scan(&s.BackupID, &s.Target, &s.Position, &s.Updated, &s.DDLInBinlog)
 	if err != nil {
 		var me interface{ Error() string }
 		if errors.As(err, &me) && (strings.Contains(err.Error(), "1049") || strings.Contains(err.Error(), "1146")) || errors.Is(err, sql.ErrNoRows) {
@@ -426,8 +458,8 @@ func writeState(ctx context.Context, db *sql.DB, s state) error {
 	}
 	for _, q := range []string{
 		"CREATE DATABASE IF NOT EXISTS " + stateDB,
-		"CREATE TABLE IF NOT EXISTS " + stateDB + ".state (id INT PRIMARY KEY, backup_id VARCHAR(100), target VARCHAR(200), position TEXT, updated DATETIME(6)) ENGINE=InnoDB",
-		fmt.Sprintf("REPLACE INTO %s.state VALUES (1, %s, %s, %s, NOW(6))", stateDB, sqlString(s.BackupID), sqlString(s.Target), sqlString(s.Position)),
+		"CREATE TABLE IF NOT EXISTS " + stateDB + ".state (id INT PRIMARY KEY, backup_id VARCHAR(100), target VARCHAR(200), position TEXT, updated DATETIME(6), ddl_in_binlog BOOL NOT NULL DEFAULT 0) ENGINE=InnoDB",
+		checkpointSQL(s),
 	} {
 		if _, err := c.ExecContext(ctx, q); err != nil {
 			return fmt.Errorf("record the restore's progress on the target: %w", err)
@@ -455,6 +487,63 @@ func relaxDurability(ctx context.Context, db *sql.DB, log *slog.Logger) (func(),
 			log.Error("could not put the target's durability settings back: set them by hand", "innodb_flush_log_at_trx_commit", flush, "sync_binlog", sync, "err", err.Error())
 		}
 	}, fmt.Sprintf("relaxed for the replay (innodb_flush_log_at_trx_commit=2, sync_binlog=0), then put back to %s and %s", flush, sync)
+}
+
+// loggedDDL reads the target's binlog state: the replay logged each DDL
+// there under its source GTID. A transaction is done when the binlog holds
+// one of the same domain and server at or after its sequence number (the
+// source's order is the replay's). Keyed by server as well, so a write
+// made on the target meanwhile (logged under the target's server_id)
+// counts for nothing.
+func loggedDDL(ctx context.Context, db *sql.DB) (func(gtid string) bool, error) {
+	var state string
+	if err := db.QueryRowContext(ctx, "SELECT @@GLOBAL.gtid_binlog_state").Scan(&state); err != nil {
+		return nil, fmt.Errorf("read the target's binlog state: %w", err)
+	}
+	last := map[[2]uint64]uint64{}
+	for _, g := range strings.Split(state, ",") {
+		if d, srv, seq, ok := splitGTID(strings.TrimSpace(g)); ok {
+			last[[2]uint64{d, srv}] = max(last[[2]uint64{d, srv}], seq)
+		}
+	}
+	return func(gtid string) bool {
+		d, srv, seq, ok := splitGTID(gtid)
+		n, found := last[[2]uint64{d, srv}]
+		return ok && found && n >= seq
+	}, nil
+}
+
+// splitGTID parses a MariaDB GTID domain-server-seq.
+func splitGTID(g string) (domain, server, seq uint64, ok bool) {
+	var n int
+	n, err := fmt.Sscanf(g, "%d-%d-%d", &domain, &server, &seq)
+	return domain, server, seq, err == nil && n == 3
+}
+
+// prepareDDLLog resets the target's binlog so that the replay can log
+// each DDL there under its source GTID (MariaDB, binlog on, RESET MASTER
+// and sql_log_bin allowed): the restore ends with RESET MASTER anyway.
+func prepareDDLLog(ctx context.Context, db *sql.DB, flavor string, log *slog.Logger) bool {
+	if flavor != dbconn.MariaDB {
+		return false
+	}
+	c, err := db.Conn(ctx)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	var logBin int
+	if err := c.QueryRowContext(ctx, "SELECT @@GLOBAL.log_bin").Scan(&logBin); err != nil || logBin != 1 {
+		return false
+	}
+	if _, err := c.ExecContext(ctx, "SET SESSION sql_log_bin=1"); err != nil {
+		return false
+	}
+	if _, err := c.ExecContext(ctx, "RESET MASTER"); err != nil {
+		log.Info("DDL replayed without a record in the target's binlog (RESET MASTER needs RELOAD): a restore stopped right after a DDL cannot resume", "err", err.Error())
+		return false
+	}
+	return true
 }
 
 // pauseEvents stops the target's event scheduler if it runs and returns

@@ -57,6 +57,11 @@ type Options struct {
 	Due func(t Txn) time.Time
 	// Stop (Restore) ends the replay before this transaction: ErrStop.
 	Stop func(t Txn) bool
+	// LogDDL (Restore, MariaDB) runs each standalone statement (DDL) with
+	// the session's binlog on, under its source GTID: the target's binlog
+	// then records, atomically with the DDL, whether it took effect, which
+	// the checkpoint that follows it cannot (DDL commits on its own).
+	LogDDL bool
 	// Checkpoint (Restore) returns a statement recording that the group's
 	// transactions are applied; it runs inside the group it describes.
 	Checkpoint func(group []Txn) string
@@ -121,7 +126,8 @@ type tableMap struct {
 type txnState struct {
 	Txn
 	skip       bool
-	standalone bool // no BEGIN: the first query ends it
+	standalone bool     // no BEGIN: the first query ends it
+	setGTID    []string // statements that log under the source GTID
 	begun      bool
 	tables     map[uint64]tableMap
 	chunk      [][]byte
@@ -362,6 +368,7 @@ func (b *Batcher) begin(ctx context.Context, ev binlog.Event) error {
 			}
 		}
 	}
+	t.setGTID = setGTID
 	b.cur = t
 	if b.o.Mode == Restore {
 		if t.standalone && b.groupOpen {
@@ -450,7 +457,17 @@ func (b *Batcher) query(ev binlog.Event, q *replication.QueryEvent, role binlog.
 			stmt, text = []byte(r), r
 		}
 	}
+	logged := b.o.Mode == Restore && b.o.LogDDL && t.standalone && role == binlog.End && len(t.setGTID) > 0
+	if logged {
+		b.addString("SET @@session.sql_log_bin=1")
+		for _, s := range t.setGTID {
+			b.addString(s)
+		}
+	}
 	b.add(stmt, shorten(text))
+	if logged {
+		b.addString("SET @@session.sql_log_bin=0")
+	}
 	if role == binlog.End {
 		if b.o.Mode == Restore && t.standalone {
 			// The DDL ran on its own; its checkpoint follows at once.
