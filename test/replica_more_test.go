@@ -652,7 +652,7 @@ func TestReplicaDelay(t *testing.T) {
 		}
 	}()
 
-	eventually(t, 2*time.Second, "`binvault segments` to list "+want, func() bool { return e.archivedPosition(t) == want })
+	eventually(t, 5*time.Second, "`binvault segments` to list "+want, func() bool { return e.archivedPosition(t) == want })
 	archived := time.Since(committed)
 	var applied time.Duration
 	select {
