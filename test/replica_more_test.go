@@ -482,36 +482,14 @@ func (e *replicaEnv) waitApplied(t testing.TB, d *daemon, timeout time.Duration)
 // tablesOf lists db.table of every base table outside the system schemas.
 func tablesOf(t testing.TB, m *harness.MariaDB) []string {
 	t.Helper()
-	rows, err := m.DB(t).Query(`SELECT CONCAT(TABLE_SCHEMA, '.', TABLE_NAME) FROM information_schema.TABLES
+	return harness.Strings(t, m.DB(t), `SELECT CONCAT(TABLE_SCHEMA, '.', TABLE_NAME) FROM information_schema.TABLES
 		WHERE TABLE_SCHEMA NOT IN ('mysql','sys','information_schema','performance_schema') AND TABLE_TYPE = 'BASE TABLE' ORDER BY 1`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var s string
-		rows.Scan(&s)
-		out = append(out, s)
-	}
-	return out
 }
 
 func databasesOf(t testing.TB, m *harness.MariaDB) []string {
 	t.Helper()
-	rows, err := m.DB(t).Query(`SELECT SCHEMA_NAME FROM information_schema.SCHEMATA
+	return harness.Strings(t, m.DB(t), `SELECT SCHEMA_NAME FROM information_schema.SCHEMATA
 		WHERE SCHEMA_NAME NOT IN ('mysql','sys','information_schema','performance_schema') ORDER BY 1`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var s string
-		rows.Scan(&s)
-		out = append(out, s)
-	}
-	return out
 }
 
 // TestReplicaFilters: replica.include/exclude keep data and DDL of

@@ -40,21 +40,7 @@ func DDLTarget(query, defaultDB string) (db, table string, ok bool) {
 			}
 		}
 	}
-	name := func() (string, string, bool) {
-		a, ok := t.ident()
-		if !ok {
-			return "", "", false
-		}
-		if t.peek() == '.' {
-			t.pos++
-			b, ok := t.ident()
-			if !ok {
-				return "", "", false
-			}
-			return a, b, true
-		}
-		return defaultDB, a, true
-	}
+	name := func() (string, string, bool) { return t.qualified(defaultDB) }
 	ifExists := func() {
 		save := t.pos
 		if word() != "IF" {
@@ -240,6 +226,23 @@ func (t *tokens) word() string {
 	return t.s[start:t.pos]
 }
 
+// qualified reads db.name or name (then in defaultDB).
+func (t *tokens) qualified(defaultDB string) (db, name string, ok bool) {
+	a, ok := t.ident()
+	if !ok {
+		return "", "", false
+	}
+	if t.peek() == '.' {
+		t.pos++
+		b, ok := t.ident()
+		if !ok {
+			return "", "", false
+		}
+		return a, b, true
+	}
+	return defaultDB, a, true
+}
+
 // ident reads a bare or backquoted identifier.
 func (t *tokens) ident() (string, bool) {
 	t.skipSpace()
@@ -278,18 +281,6 @@ func (t *tokens) ident() (string, bool) {
 // it is about.
 func DisableEventOnReplica(query, defaultDB string) (rewritten, db, name string, ok bool) {
 	t := &tokens{s: query}
-	qualified := func() (string, string, bool) {
-		a, ok := t.ident()
-		if !ok {
-			return "", "", false
-		}
-		if t.peek() == '.' {
-			t.pos++
-			b, ok := t.ident()
-			return a, b, ok
-		}
-		return defaultDB, a, true
-	}
 	// toEvent steps over OR REPLACE and DEFINER = ... up to EVENT.
 	toEvent := func() bool {
 		for i := 0; i < 16; i++ {
@@ -327,7 +318,7 @@ func DisableEventOnReplica(query, defaultDB string) (rewritten, db, name string,
 			t.pos = save
 		}
 	}
-	if db, name, ok = qualified(); !ok {
+	if db, name, ok = t.qualified(defaultDB); !ok {
 		return query, "", "", false
 	}
 	splice := func(from, to int) string {
@@ -370,7 +361,7 @@ func DisableEventOnReplica(query, defaultDB string) (rewritten, db, name string,
 			return splice(start, end), db, name, true
 		case "RENAME":
 			if strings.ToUpper(t.word()) == "TO" {
-				if d, n, ok := qualified(); ok {
+				if d, n, ok := t.qualified(defaultDB); ok {
 					db, name = d, n
 				}
 			}
