@@ -121,7 +121,11 @@ func Run(ctx context.Context, st storage.Store, plan *Plan, o Options) (sum Summ
 		return sum, usage.Errorf("the target holds an unfinished restore of backup %s to %s, not of backup %s to %s: resume it with the same target, or pass --force to start over", prev.BackupID, prev.Target, m.ID, sum.Target)
 	}
 	if prev != nil && !o.Resume && !o.Force {
-		return sum, usage.Errorf("the target holds an unfinished restore of backup %s to %s, stopped at GTID %q (%s): rerun with --resume to continue it, or --force to start over", prev.BackupID, prev.Target, prev.Position, prev.Updated)
+		where := fmt.Sprintf("stopped at GTID %q", prev.Position)
+		if prev.Phase == phaseLoad {
+			where = "stopped while loading the backup"
+		}
+		return sum, usage.Errorf("the target holds an unfinished restore of backup %s to %s, %s (%s): rerun with --resume to continue it, or --force to start over", prev.BackupID, prev.Target, where, prev.Updated)
 	}
 	// Events must not run while the target is rebuilt: one firing between
 	// the load and the replay, or between two replayed transactions,
@@ -142,25 +146,28 @@ func Run(ctx context.Context, st storage.Store, plan *Plan, o Options) (sum Summ
 	var pos binlog.GTIDSet
 	var ddlInBinlog bool
 	var ddlDone func(gtid string) bool
-	switch {
-	case prev != nil && o.Resume:
-		if pos, err = binlog.ParseGTIDSet(flavor, prev.Position); err != nil {
+	if prev != nil && !o.Resume {
+		// --force: start over.
+		if err := dropState(ctx, db, true); err != nil {
 			return sum, err
 		}
-		if ddlInBinlog = prev.DDLInBinlog; ddlInBinlog {
-			if ddlDone, err = loggedDDL(ctx, db); err != nil {
-				return sum, err
-			}
-		}
-		o.Log.Info("resuming the unfinished restore", "backup", m.ID, "position", prev.Position)
-	default:
-		if prev != nil {
-			if _, err := db.ExecContext(ctx, "SET SESSION sql_log_bin=0"); err == nil {
-				db.ExecContext(ctx, "DROP DATABASE IF EXISTS "+stateDB)
-			}
-		}
+		prev = nil
+	}
+	if prev == nil || prev.Phase == phaseLoad {
+		// The load records each data object it commits, inside that
+		// object's transaction, so that an interrupted load resumes.
 		o.Progress.Phase.Store("loading backup")
-		lo := LoadOptions{Parallel: o.Parallel, Force: o.Force, Log: o.Log, Progress: &o.Progress.Load, Databases: o.Databases}
+		if prev != nil {
+			o.Log.Info("resuming the unfinished restore's load", "backup", m.ID)
+		}
+		lo := LoadOptions{Parallel: o.Parallel, Force: o.Force, Log: o.Log, Progress: &o.Progress.Load, Databases: o.Databases,
+			Journal: stateDB + ".loaded", Resume: prev != nil,
+			Begin: func() error {
+				if prev != nil {
+					return nil
+				}
+				return writeState(ctx, db, state{BackupID: m.ID, Target: sum.Target, Position: m.Position.GTIDSet, Phase: phaseLoad})
+			}}
 		res, err := LoadBackup(ctx, st, m.ID, o.TargetDSN, lo)
 		if err != nil {
 			return sum, err
@@ -170,9 +177,19 @@ func Run(ctx context.Context, st storage.Store, plan *Plan, o Options) (sum Summ
 			return sum, err
 		}
 		ddlInBinlog = prepareDDLLog(ctx, db, flavor, o.Log)
-		if err := writeState(ctx, db, state{BackupID: m.ID, Target: sum.Target, Position: pos.String(), DDLInBinlog: ddlInBinlog}); err != nil {
+		if err := writeState(ctx, db, state{BackupID: m.ID, Target: sum.Target, Position: pos.String(), DDLInBinlog: ddlInBinlog, Phase: phaseReplay}); err != nil {
 			return sum, err
 		}
+	} else {
+		if pos, err = binlog.ParseGTIDSet(flavor, prev.Position); err != nil {
+			return sum, err
+		}
+		if ddlInBinlog = prev.DDLInBinlog; ddlInBinlog {
+			if ddlDone, err = loggedDDL(ctx, db); err != nil {
+				return sum, err
+			}
+		}
+		o.Log.Info("resuming the unfinished restore", "backup", m.ID, "position", prev.Position)
 	}
 
 	// Replay.
@@ -195,10 +212,8 @@ func Run(ctx context.Context, st storage.Store, plan *Plan, o Options) (sum Summ
 	}
 	sum.FinalGTID, sum.StoppedAt = final.String(), stoppedAt
 	sum.GTIDRecorded = recordGTID(ctx, db, final.String(), o.Log)
-	if _, err := db.ExecContext(ctx, "SET SESSION sql_log_bin=0"); err == nil {
-		if _, err := db.ExecContext(ctx, "DROP DATABASE IF EXISTS "+stateDB); err != nil {
-			o.Log.Warn("could not drop the restore's state database", "err", err.Error())
-		}
+	if err := dropState(ctx, db, false); err != nil {
+		o.Log.Warn("could not drop the restore's state database", "err", err.Error())
 	}
 	o.Progress.Phase.Store("done")
 	sum.Total = time.Since(started)
@@ -283,7 +298,7 @@ func replaySegments(ctx context.Context, st storage.Store, plan *Plan, pos binlo
 			for _, t := range group {
 				ckpt.Add(t.GTID)
 			}
-			return checkpointSQL(state{BackupID: plan.Backup.ID, Target: target.String(), Position: ckpt.String(), DDLInBinlog: logDDL})
+			return checkpointSQL(state{BackupID: plan.Backup.ID, Target: target.String(), Position: ckpt.String(), DDLInBinlog: logDDL, Phase: phaseReplay})
 		},
 		Committed: func(t replay.Txn) {
 			mu.Lock()
@@ -417,23 +432,47 @@ func fetchOne(ctx context.Context, st storage.Store, s archive.Segment, path str
 	return f.Close()
 }
 
+// The phases of a restore, as its state records them.
+const (
+	phaseLoad   = "load"
+	phaseReplay = "replay"
+)
+
 type state struct {
 	BackupID, Target, Position, Updated string
+	Phase                               string
 	// DDLInBinlog: the replay logs each DDL under its source GTID in the
 	// target's binlog (reset before the replay), so a resume adds the
 	// binlog's position to Position.
 	DDLInBinlog bool
 }
 
+// dropState removes the restore's state database, unlogged. Without
+// BINLOG ADMIN it is dropped logged only if evenLogged (before the load:
+// the binlog is reset later); after the final GTID is set a logged drop
+// would add a GTID of the target's own, so the database stays.
+func dropState(ctx context.Context, db *sql.DB, evenLogged bool) error {
+	c, err := db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if _, err := c.ExecContext(ctx, "SET SESSION sql_log_bin=0"); err != nil && !evenLogged {
+		return fmt.Errorf("drop %s unlogged: %w", stateDB, err)
+	}
+	_, err = c.ExecContext(ctx, "DROP DATABASE IF EXISTS "+stateDB)
+	return err
+}
+
 // checkpointSQL records s as the restore's progress.
 func checkpointSQL(s state) string {
-	return fmt.Sprintf("REPLACE INTO %s.state (id, backup_id, target, position, updated, ddl_in_binlog) VALUES (1, %s, %s, %s, NOW(6), %t)",
-		stateDB, sqlString(s.BackupID), sqlString(s.Target), sqlString(s.Position), s.DDLInBinlog)
+	return fmt.Sprintf("REPLACE INTO %s.state (id, backup_id, target, position, updated, ddl_in_binlog, phase) VALUES (1, %s, %s, %s, NOW(6), %t, %s)",
+		stateDB, sqlString(s.BackupID), sqlString(s.Target), sqlString(s.Position), s.DDLInBinlog, sqlString(s.Phase))
 }
 
 func readState(ctx context.Context, db *sql.DB) (*state, error) {
 	var s state
-	err := db.QueryRowContext(ctx, "SELECT backup_id, target, position, CAST(updated AS CHAR), ddl_in_binlog FROM "+stateDB+".state WHERE id = 1").Scan(&s.BackupID, &s.Target, &s.Position, &s.Updated, &s.DDLInBinlog)
+	err := db.QueryRowContext(ctx, "SELECT backup_id, target, position, CAST(updated AS CHAR), ddl_in_binlog, phase FROM "+stateDB+".state WHERE id = 1").Scan(&s.BackupID, &s.Target, &s.Position, &s.Updated, &s.DDLInBinlog, &s.Phase)
 	if err != nil {
 		var me interface{ Error() string }
 		if errors.As(err, &me) && (strings.Contains(err.Error(), "1049") || strings.Contains(err.Error(), "1146")) || errors.Is(err, sql.ErrNoRows) {
@@ -456,11 +495,16 @@ func writeState(ctx context.Context, db *sql.DB, s state) error {
 		// a server being restored.
 		slog.Default().Debug("state table logged: cannot turn the session binlog off", "err", err.Error())
 	}
-	for _, q := range []string{
+	stmts := []string{
 		"CREATE DATABASE IF NOT EXISTS " + stateDB,
-		"CREATE TABLE IF NOT EXISTS " + stateDB + ".state (id INT PRIMARY KEY, backup_id VARCHAR(100), target VARCHAR(200), position TEXT, updated DATETIME(6), ddl_in_binlog BOOL NOT NULL DEFAULT 0) ENGINE=InnoDB",
+		"CREATE TABLE IF NOT EXISTS " + stateDB + ".state (id INT PRIMARY KEY, backup_id VARCHAR(100), target VARCHAR(200), position TEXT, updated DATETIME(6), ddl_in_binlog BOOL NOT NULL DEFAULT 0, phase VARCHAR(16) NOT NULL) ENGINE=InnoDB",
+		"CREATE TABLE IF NOT EXISTS " + stateDB + ".loaded (object VARCHAR(512) PRIMARY KEY) ENGINE=InnoDB",
 		checkpointSQL(s),
-	} {
+	}
+	if s.Phase == phaseLoad {
+		stmts = append(stmts, "DELETE FROM "+stateDB+".loaded") // a load starting over
+	}
+	for _, q := range stmts {
 		if _, err := c.ExecContext(ctx, q); err != nil {
 			return fmt.Errorf("record the restore's progress on the target: %w", err)
 		}

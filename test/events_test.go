@@ -52,7 +52,10 @@ func TestReplicaKeepsEventsFromThePrimaryDisabled(t *testing.T) {
 	time.Sleep(2500 * time.Millisecond)
 	execOn(t, p, "ALTER EVENT app.later ON SCHEDULE EVERY 1 SECOND ENABLE")
 	time.Sleep(2500 * time.Millisecond)
-	execOn(t, p, "ALTER EVENT app.tick DISABLE", "ALTER EVENT app.later DISABLE")
+	// Every event still, so that the primary's position stays put while the
+	// replica catches up (a run already started finishes meanwhile).
+	execOn(t, p, "ALTER EVENT app.tick DISABLE", "ALTER EVENT app.later DISABLE", "ALTER EVENT ops.seeded DISABLE")
+	time.Sleep(500 * time.Millisecond)
 	p.Exec(t, "INSERT INTO app.ticks VALUES (NULL, 'end', NOW(6))")
 
 	waitReplicaCaughtUp(t, p, r, 30*time.Second, d)
