@@ -107,6 +107,7 @@ func TestRestorePausesTheTargetsEvents(t *testing.T) {
 	// Still now, so that the archive can catch up with a fixed position;
 	// the backup holds the event enabled, and so will the target's load.
 	p.Exec(t, "ALTER EVENT app.tick DISABLE")
+	time.Sleep(500 * time.Millisecond) // a run already started finishes
 	p.Exec(t, "INSERT INTO app.ticks VALUES (NULL, 'mark', NOW(6))")
 	pos := p.QueryString(t, "SELECT @@gtid_binlog_pos")
 	want := ticks(t, p)
