@@ -576,15 +576,18 @@ func prepareDDLLog(ctx context.Context, db *sql.DB, flavor string, log *slog.Log
 		return false
 	}
 	defer c.Close()
+	const without = "DDL replayed without a record in the target's binlog: a restore stopped between a DDL and its checkpoint cannot resume"
 	var logBin int
 	if err := c.QueryRowContext(ctx, "SELECT @@GLOBAL.log_bin").Scan(&logBin); err != nil || logBin != 1 {
+		log.Info(without, "why", "the target's binlog is off")
 		return false
 	}
 	if _, err := c.ExecContext(ctx, "SET SESSION sql_log_bin=1"); err != nil {
+		log.Info(without, "why", "the user may not set sql_log_bin (BINLOG ADMIN)")
 		return false
 	}
 	if _, err := c.ExecContext(ctx, "RESET MASTER"); err != nil {
-		log.Info("DDL replayed without a record in the target's binlog (RESET MASTER needs RELOAD): a restore stopped right after a DDL cannot resume", "err", err.Error())
+		log.Info(without, "why", "RESET MASTER refused (RELOAD)", "err", err.Error())
 		return false
 	}
 	return true
