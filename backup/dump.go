@@ -369,9 +369,9 @@ func (r *run) split(ctx context.Context, c *sql.Conn, t *tableInfo) ([]string, e
 	if t.dataLength <= r.o.ChunkBytes || len(t.pk) != 1 || !integerTypes[t.pkType] {
 		return whole, nil
 	}
-	pk := quoteIdent(t.pk[0])
+	pk := dbconn.QuoteIdent(t.pk[0])
 	var lo, hi sql.NullString
-	q := "SELECT MIN(" + pk + "), MAX(" + pk + ") FROM " + quoteIdent(t.db) + "." + quoteIdent(t.name)
+	q := "SELECT MIN(" + pk + "), MAX(" + pk + ") FROM " + dbconn.QuoteIdent(t.db) + "." + dbconn.QuoteIdent(t.name)
 	if err := c.QueryRowContext(ctx, q).Scan(&lo, &hi); err != nil {
 		return nil, fmt.Errorf("%s: %w", q, err)
 	}
@@ -559,9 +559,9 @@ func (w *worker) dumpTask(ctx context.Context, tr *tableResult, t task) error {
 	ti := tr.info
 	cols := make([]string, len(ti.columns))
 	for i, c := range ti.columns {
-		cols[i] = quoteIdent(c.name)
+		cols[i] = dbconn.QuoteIdent(c.name)
 	}
-	table := quoteIdent(ti.db) + "." + quoteIdent(ti.name)
+	table := dbconn.QuoteIdent(ti.db) + "." + dbconn.QuoteIdent(ti.name)
 	colList := strings.Join(cols, ",")
 	// A prepared statement, for the binary protocol: floats arrive as
 	// their IEEE bits rather than as the server's rounded text.

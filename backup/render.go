@@ -192,14 +192,6 @@ func isNumber(b []byte, point bool) bool {
 	return dots <= 1
 }
 
-// quoteIdent quotes an identifier with backticks.
-func quoteIdent(s string) string {
-	return "`" + strings.ReplaceAll(s, "`", "``") + "`"
-}
-
-// QuoteIdent quotes an identifier with backticks (for the loader and tests).
-func QuoteIdent(s string) string { return quoteIdent(s) }
-
 // quoteString quotes a string literal (for statements built from names).
 func quoteString(s string) string { return string(appendQuoted(nil, []byte(s))) }
 

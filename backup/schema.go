@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+
+	"github.com/binvault/binvault/internal/dbconn"
 )
 
 // schemaInfo is everything read about the definitions at the snapshot.
@@ -195,11 +197,11 @@ func readSchema(ctx context.Context, flavor string, conns []*sql.Conn) (*schemaI
 		})
 	}
 	for _, db := range dbs {
-		add(KindDatabase, "", db, "SHOW CREATE DATABASE "+quoteIdent(db))
+		add(KindDatabase, "", db, "SHOW CREATE DATABASE "+dbconn.QuoteIdent(db))
 	}
 	var setvals []Definition
 	for _, t := range si.tables {
-		q := quoteIdent(t.db) + "." + quoteIdent(t.name)
+		q := dbconn.QuoteIdent(t.db) + "." + dbconn.QuoteIdent(t.name)
 		if t.typ == "SEQUENCE" {
 			add(KindSequence, t.db, t.name, "SHOW CREATE SEQUENCE "+q)
 			setvals = append(setvals, Definition{Kind: KindSetval, Database: t.db, Name: t.name})
@@ -208,23 +210,23 @@ func readSchema(ctx context.Context, flavor string, conns []*sql.Conn) (*schemaI
 		add(KindTable, t.db, t.name, "SHOW CREATE TABLE "+q)
 	}
 	for _, r := range routines {
-		add(KindRoutine, r.db, r.name, "SHOW CREATE "+r.extra+" "+quoteIdent(r.db)+"."+quoteIdent(r.name))
+		add(KindRoutine, r.db, r.name, "SHOW CREATE "+r.extra+" "+dbconn.QuoteIdent(r.db)+"."+dbconn.QuoteIdent(r.name))
 	}
 	for _, v := range views {
-		add(KindView, v.db, v.name, "SHOW CREATE VIEW "+quoteIdent(v.db)+"."+quoteIdent(v.name))
+		add(KindView, v.db, v.name, "SHOW CREATE VIEW "+dbconn.QuoteIdent(v.db)+"."+dbconn.QuoteIdent(v.name))
 	}
 	for _, t := range triggers {
-		add(KindTrigger, t.db, t.name, "SHOW CREATE TRIGGER "+quoteIdent(t.db)+"."+quoteIdent(t.name))
+		add(KindTrigger, t.db, t.name, "SHOW CREATE TRIGGER "+dbconn.QuoteIdent(t.db)+"."+dbconn.QuoteIdent(t.name))
 	}
 	for _, e := range events {
-		add(KindEvent, e.db, e.name, "SHOW CREATE EVENT "+quoteIdent(e.db)+"."+quoteIdent(e.name))
+		add(KindEvent, e.db, e.name, "SHOW CREATE EVENT "+dbconn.QuoteIdent(e.db)+"."+dbconn.QuoteIdent(e.name))
 	}
 	// A sequence's next value is state, not definition: SETVAL restores it.
 	for i := range setvals {
 		sv := &setvals[i]
 		jobs = append(jobs, func(ctx context.Context, c *sql.Conn) error {
 			var next, round sql.NullString
-			q := quoteIdent(sv.Database) + "." + quoteIdent(sv.Name)
+			q := dbconn.QuoteIdent(sv.Database) + "." + dbconn.QuoteIdent(sv.Name)
 			if err := c.QueryRowContext(ctx, "SELECT next_not_cached_value, cycle_count FROM "+q).Scan(&next, &round); err != nil {
 				return fmt.Errorf("read sequence %s: %w", q, err)
 			}

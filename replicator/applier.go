@@ -406,11 +406,6 @@ func (a *Applier) session(ctx context.Context) error {
 		if err := b.Event(ctx, ev); err != nil {
 			return err
 		}
-		if b.Full() {
-			if err := b.Flush(); err != nil {
-				return err
-			}
-		}
 	}
 }
 
@@ -429,12 +424,12 @@ func skipper(flavor string, applied binlog.GTIDSet, recoveredDDL map[string]bool
 		if flavor != dbconn.MariaDB {
 			return true, nil
 		}
-		d, _, seq, ok := splitMariaGTID(gtid)
+		d, _, seq, ok := binlog.SplitMariaDBGTID(gtid)
 		if !ok {
 			return true, nil
 		}
 		for _, have := range strings.Split(applied.String(), ",") {
-			hd, _, hseq, ok := splitMariaGTID(have)
+			hd, _, hseq, ok := binlog.SplitMariaDBGTID(have)
 			if !ok || hd != d || hseq != seq || have == gtid {
 				continue
 			}
@@ -463,7 +458,7 @@ func (a *Applier) recoveredDDL(c *replay.Conn, applied binlog.GTIDSet) map[strin
 	own, _ := r.GetUint(0, 0)
 	want := map[string]bool{}
 	for _, g := range strings.Split(applied.String(), ",") {
-		if _, server, _, ok := splitMariaGTID(g); ok && server == own {
+		if _, server, _, ok := binlog.SplitMariaDBGTID(g); ok && server == own {
 			want[strings.TrimSpace(g)] = true
 		}
 	}
@@ -495,11 +490,6 @@ func (a *Applier) recoveredDDL(c *replay.Conn, applied binlog.GTIDSet) map[strin
 		}
 	}
 	return out
-}
-
-func splitMariaGTID(g string) (domain, server, seq uint64, ok bool) {
-	_, err := fmt.Sscanf(strings.TrimSpace(g), "%d-%d-%d", &domain, &server, &seq)
-	return domain, server, seq, err == nil
 }
 
 // due makes a delayed replica hold each transaction until it is

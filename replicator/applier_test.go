@@ -93,18 +93,8 @@ func (pl *pipeline) apply(t *testing.T, o ApplierOptions, timeout time.Duration)
 func tableChecksums(t *testing.T, m *harness.MariaDB) string {
 	t.Helper()
 	db := m.DB(t)
-	rows, err := db.Query(`SELECT CONCAT(TABLE_SCHEMA, '.', TABLE_NAME) FROM information_schema.TABLES
+	tables := harness.Strings(t, db, `SELECT CONCAT(TABLE_SCHEMA, '.', TABLE_NAME) FROM information_schema.TABLES
 		WHERE TABLE_SCHEMA NOT IN ('mysql','sys','information_schema','performance_schema') ORDER BY 1`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var tables []string
-	for rows.Next() {
-		var n string
-		rows.Scan(&n)
-		tables = append(tables, n)
-	}
-	rows.Close()
 	var out []string
 	for _, tb := range tables {
 		var name string
@@ -115,46 +105,6 @@ func tableChecksums(t *testing.T, m *harness.MariaDB) string {
 		out = append(out, tb+"="+sum.String)
 	}
 	return strings.Join(out, " ")
-}
-
-// binlogGTIDs lists the GTIDs in a server's binlogs, in order.
-func binlogGTIDs(t *testing.T, m *harness.MariaDB) []string {
-	t.Helper()
-	db := m.DB(t)
-	var files []string
-	rows, err := db.Query("SHOW BINARY LOGS")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for rows.Next() {
-		var name string
-		var size any
-		rows.Scan(&name, &size)
-		files = append(files, name)
-	}
-	rows.Close()
-	var gtids []string
-	for _, f := range files {
-		rows, err := db.Query("SHOW BINLOG EVENTS IN '" + f + "'")
-		if err != nil {
-			t.Fatal(err)
-		}
-		for rows.Next() {
-			var logName, typ, info string
-			var pos, sid, end int64
-			rows.Scan(&logName, &pos, &typ, &sid, &end, &info)
-			if typ == "Gtid" {
-				fs := strings.Fields(info)
-				for i, x := range fs {
-					if x == "GTID" && i+1 < len(fs) {
-						gtids = append(gtids, fs[i+1])
-					}
-				}
-			}
-		}
-		rows.Close()
-	}
-	return gtids
 }
 
 // Pitfall 3: rows sent in a BINLOG statement without their table map are
@@ -246,7 +196,7 @@ func TestApplyPreservesGTIDsExactly(t *testing.T) {
 	if err := pl.apply(t, pl.opts, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	p, r := binlogGTIDs(t, pl.primary), binlogGTIDs(t, pl.replica)
+	p, r := pl.primary.BinlogGTIDs(t), pl.replica.BinlogGTIDs(t)
 	if strings.Join(p, " ") != strings.Join(r, " ") {
 		t.Fatalf("GTIDs differ:\nprimary %v\nreplica %v", p, r)
 	}
@@ -303,7 +253,7 @@ func TestApplyRestartsSafelyWhileAPacketRuns(t *testing.T) {
 	if p, r := tableChecksums(t, pl.primary), tableChecksums(t, pl.replica); p != r {
 		t.Fatalf("checksums differ:\nprimary %s\nreplica %s", p, r)
 	}
-	p, r := binlogGTIDs(t, pl.primary), binlogGTIDs(t, pl.replica)
+	p, r := pl.primary.BinlogGTIDs(t), pl.replica.BinlogGTIDs(t)
 	sort.Strings(p)
 	sort.Strings(r)
 	if strings.Join(p, " ") != strings.Join(r, " ") {

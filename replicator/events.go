@@ -35,7 +35,7 @@ func (a *Applier) disableEnabledEvents(c *replay.Conn) error {
 		db, _ := r.GetString(i, 0)
 		name, _ := r.GetString(i, 1)
 		if a.filter.Database(db) {
-			enabled = append(enabled, quoteIdent(db)+"."+quoteIdent(name))
+			enabled = append(enabled, dbconn.QuoteIdent(db)+"."+dbconn.QuoteIdent(name))
 		}
 	}
 	if len(enabled) == 0 {
@@ -61,8 +61,6 @@ func (a *Applier) disableEnabledEvents(c *replay.Conn) error {
 	a.opts.Log.Info("marked the replica's enabled events DISABLE ON SLAVE, as native replication does", "events", len(enabled), "first", enabled[0])
 	return nil
 }
-
-func quoteIdent(s string) string { return "`" + strings.ReplaceAll(s, "`", "``") + "`" }
 
 // rewrite is the batcher's Rewrite: a replicated CREATE or ALTER EVENT
 // leaves the event disabled on the replica (MariaDB's DISABLE ON SLAVE).

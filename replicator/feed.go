@@ -291,17 +291,17 @@ func sameAtEqualSeq(flavor, a, b string) bool {
 	}
 	at := map[uint64]string{}
 	for _, g := range strings.Split(a, ",") {
-		if d, _, _, ok := splitMariaGTID(g); ok {
+		if d, _, _, ok := binlog.SplitMariaDBGTID(g); ok {
 			at[d] = strings.TrimSpace(g)
 		}
 	}
 	for _, g := range strings.Split(b, ",") {
-		d, _, seq, ok := splitMariaGTID(g)
+		d, _, seq, ok := binlog.SplitMariaDBGTID(g)
 		if !ok {
 			continue
 		}
 		if have, ok := at[d]; ok {
-			if _, _, hseq, _ := splitMariaGTID(have); hseq == seq && have != strings.TrimSpace(g) {
+			if _, _, hseq, _ := binlog.SplitMariaDBGTID(have); hseq == seq && have != strings.TrimSpace(g) {
 				return false
 			}
 		}

@@ -298,7 +298,7 @@ func checkTarget(ctx context.Context, c *sql.Conn, dsn dbconn.DSN, m *backup.Man
 	for _, d := range existing {
 		if in[d] {
 			log.Warn("dropping a database of the target that the backup holds", "database", d)
-			if _, err := c.ExecContext(ctx, "DROP DATABASE "+backup.QuoteIdent(d)); err != nil {
+			if _, err := c.ExecContext(ctx, "DROP DATABASE "+dbconn.QuoteIdent(d)); err != nil {
 				return fmt.Errorf("drop database %s on the target: %w", d, err)
 			}
 		}
@@ -485,7 +485,7 @@ func execDefinition(ctx context.Context, c *sql.Conn, d backup.Definition) error
 	}
 	var setup, undo []string
 	if d.Database != "" {
-		setup = append(setup, "USE "+backup.QuoteIdent(d.Database))
+		setup = append(setup, "USE "+dbconn.QuoteIdent(d.Database))
 	}
 	if d.SQLMode != nil {
 		setup = append(setup, "SET SESSION sql_mode = "+quote(*d.SQLMode))
@@ -507,8 +507,8 @@ func execDefinition(ctx context.Context, c *sql.Conn, d backup.Definition) error
 	if d.DatabaseCollation != "" && d.Database != "" {
 		var cur string
 		if err := c.QueryRowContext(ctx, "SELECT DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?", d.Database).Scan(&cur); err == nil && cur != d.DatabaseCollation {
-			setup = append(setup, "ALTER DATABASE "+backup.QuoteIdent(d.Database)+" COLLATE "+quote(d.DatabaseCollation))
-			undo = append(undo, "ALTER DATABASE "+backup.QuoteIdent(d.Database)+" COLLATE "+quote(cur))
+			setup = append(setup, "ALTER DATABASE "+dbconn.QuoteIdent(d.Database)+" COLLATE "+quote(d.DatabaseCollation))
+			undo = append(undo, "ALTER DATABASE "+dbconn.QuoteIdent(d.Database)+" COLLATE "+quote(cur))
 		}
 	}
 	for _, s := range setup {

@@ -377,11 +377,6 @@ func replayFile(ctx context.Context, b *replay.Batcher, path, flavor string) err
 		if err := b.Event(ctx, ev); err != nil {
 			return err
 		}
-		if b.Full() {
-			if err := b.Flush(); err != nil {
-				return err
-			}
-		}
 	}
 }
 
@@ -546,22 +541,15 @@ func loggedDDL(ctx context.Context, db *sql.DB) (func(gtid string) bool, error) 
 	}
 	last := map[[2]uint64]uint64{}
 	for _, g := range strings.Split(state, ",") {
-		if d, srv, seq, ok := splitGTID(strings.TrimSpace(g)); ok {
+		if d, srv, seq, ok := binlog.SplitMariaDBGTID(g); ok {
 			last[[2]uint64{d, srv}] = max(last[[2]uint64{d, srv}], seq)
 		}
 	}
 	return func(gtid string) bool {
-		d, srv, seq, ok := splitGTID(gtid)
+		d, srv, seq, ok := binlog.SplitMariaDBGTID(gtid)
 		n, found := last[[2]uint64{d, srv}]
 		return ok && found && n >= seq
 	}, nil
-}
-
-// splitGTID parses a MariaDB GTID domain-server-seq.
-func splitGTID(g string) (domain, server, seq uint64, ok bool) {
-	var n int
-	n, err := fmt.Sscanf(g, "%d-%d-%d", &domain, &server, &seq)
-	return domain, server, seq, err == nil && n == 3
 }
 
 // prepareDDLLog resets the target's binlog so that the replay can log

@@ -118,7 +118,7 @@ func TestArchiveHoldsEveryTransactionOnceAcrossKill9(t *testing.T) {
 	if code := d.stop(t, 10*time.Second); code != 0 {
 		t.Fatalf("SIGTERM: exit %d; log:\n%s", code, d.log)
 	}
-	sameHistory(t, primaryGTIDs(t, a.primary), archiveGTIDs(t, a.store), 0)
+	sameHistory(t, a.primary.BinlogGTIDs(t), archiveGTIDs(t, a.store), 0)
 	r := binvault(t, a.env, "verify", "--config", a.cfg)
 	if r.code != 0 {
 		t.Fatalf("verify: %s", r)

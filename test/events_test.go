@@ -78,7 +78,7 @@ func TestReplicaKeepsEventsFromThePrimaryDisabled(t *testing.T) {
 		t.Errorf("the primary's event ops.seeded never ran")
 	}
 	own := "-" + r.QueryString(t, "SELECT @@server_id") + "-"
-	for _, g := range primaryGTIDs(t, r) {
+	for _, g := range r.BinlogGTIDs(t) {
 		if strings.Contains(g, own) {
 			t.Errorf("the replica logged a transaction of its own: %s (an event ran there?)", g)
 			break

@@ -196,7 +196,7 @@ func TestArchiveSurvivesStoreOutage(t *testing.T) {
 	if code := d.stop(t, 10*time.Second); code != 0 {
 		t.Fatalf("SIGTERM: exit %d; log:\n%s", code, d.log)
 	}
-	sameHistory(t, primaryGTIDs(t, a.primary), archiveGTIDs(t, a.store), 0)
+	sameHistory(t, a.primary.BinlogGTIDs(t), archiveGTIDs(t, a.store), 0)
 	r := binvault(t, a.env, "verify", "--config", a.cfg)
 	if r.code != 0 {
 		t.Fatalf("verify: %s", r)
@@ -245,7 +245,7 @@ func TestArchiveContinuesAcrossPrimaryRestart(t *testing.T) {
 	if logs := binaryLogs(t, a.primary); len(logs) < 3 {
 		t.Fatalf("the primary's binlog should span a file per start, has %v", logs)
 	}
-	want := primaryGTIDs(t, a.primary)
+	want := a.primary.BinlogGTIDs(t)
 	sameHistory(t, want, archiveGTIDs(t, a.store), 0)
 	r := binvault(t, a.env, "verify", "--config", a.cfg)
 	if r.code != 0 {
@@ -485,7 +485,7 @@ func TestSegmentsAreReadableByMariadbBinlog(t *testing.T) {
 	if code := d.stop(t, 10*time.Second); code != 0 {
 		t.Fatalf("SIGTERM: exit %d; log:\n%s", code, d.log)
 	}
-	primary := primaryGTIDs(t, a.primary)
+	primary := a.primary.BinlogGTIDs(t)
 	index := map[string]int{}
 	for i, g := range primary {
 		index[g] = i

@@ -125,56 +125,6 @@ func (l *load) Stop() {
 	l.wg.Wait()
 }
 
-// primaryGTIDs lists the GTIDs in the primary's binlogs, in order.
-func primaryGTIDs(t testing.TB, p *harness.MariaDB) []string {
-	t.Helper()
-	db := p.DB(t)
-	rows, err := db.Query("SHOW BINARY LOGS")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var files []string
-	for rows.Next() {
-		cols, _ := rows.Columns()
-		vals := make([]any, len(cols))
-		var name string
-		vals[0] = &name
-		for i := 1; i < len(cols); i++ {
-			vals[i] = new(sql.RawBytes)
-		}
-		if err := rows.Scan(vals...); err != nil {
-			t.Fatal(err)
-		}
-		files = append(files, name)
-	}
-	rows.Close()
-	var gtids []string
-	for _, f := range files {
-		rows, err := db.Query("SHOW BINLOG EVENTS IN '" + f + "'")
-		if err != nil {
-			t.Fatal(err)
-		}
-		for rows.Next() {
-			var logName, typ, info string
-			var pos, serverID, endPos int64
-			if err := rows.Scan(&logName, &pos, &typ, &serverID, &endPos, &info); err != nil {
-				t.Fatal(err)
-			}
-			if typ == "Gtid" {
-				// "BEGIN GTID 0-1-5" or "GTID 0-1-5" (DDL), maybe with " cid=N"
-				fields := strings.Fields(info)
-				for i, fld := range fields {
-					if fld == "GTID" && i+1 < len(fields) {
-						gtids = append(gtids, fields[i+1])
-					}
-				}
-			}
-		}
-		rows.Close()
-	}
-	return gtids
-}
-
 // archiveGTIDs reads every archived segment (verifying it) and lists the
 // GTIDs of its transactions in order.
 func archiveGTIDs(t testing.TB, st storage.Store) []string {

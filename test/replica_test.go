@@ -37,19 +37,8 @@ func newReplicaSetup(t *testing.T, flush string, replicaExtra ...string) *replic
 func checksums(t testing.TB, m *harness.MariaDB) map[string]string {
 	t.Helper()
 	db := m.DB(t)
-	rows, err := db.Query(`SELECT CONCAT('` + "`" + `', TABLE_SCHEMA, '` + "`.`" + `', TABLE_NAME, '` + "`" + `') FROM information_schema.TABLES
-		WHERE TABLE_SCHEMA NOT IN ('mysql','sys','information_schema','performance_schema') AND TABLE_TYPE = 'BASE TABLE'`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var tables []string
-	for rows.Next() {
-		var n string
-		rows.Scan(&n)
-		tables = append(tables, n)
-	}
-	rows.Close()
-	sort.Strings(tables)
+	tables := harness.Strings(t, db, `SELECT CONCAT('`+"`"+`', TABLE_SCHEMA, '`+"`.`"+`', TABLE_NAME, '`+"`"+`') FROM information_schema.TABLES
+		WHERE TABLE_SCHEMA NOT IN ('mysql','sys','information_schema','performance_schema') AND TABLE_TYPE = 'BASE TABLE' ORDER BY 1`)
 	out := map[string]string{}
 	for _, tb := range tables {
 		var name, sum string
@@ -95,7 +84,7 @@ func waitReplicaCaughtUp(t testing.TB, p, r *harness.MariaDB, timeout time.Durat
 		}
 		if time.Now().After(deadline) {
 			t.Errorf("the replica is at %q after %v, the primary at %q; daemon log:\n%s", got, timeout, want, tailLog(d))
-			t.Fatalf("GTIDs in the replica's binlog vs the primary's: %s", gtidDiff(primaryGTIDs(t, p), primaryGTIDs(t, r)))
+			t.Fatalf("GTIDs in the replica's binlog vs the primary's: %s", gtidDiff(p.BinlogGTIDs(t), r.BinlogGTIDs(t)))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -180,7 +169,7 @@ func TestReplicaExactlyOnceAcrossKill9OfDaemonAndReplica(t *testing.T) {
 	if code := d.stop(t, 15*time.Second); code != 0 {
 		t.Fatalf("SIGTERM: exit %d: %s", code, tailLog(d))
 	}
-	sameHistory(t, primaryGTIDs(t, rs.primary), archiveGTIDs(t, rs.store), 0)
+	sameHistory(t, rs.primary.BinlogGTIDs(t), archiveGTIDs(t, rs.store), 0)
 	t.Logf("%d load transactions, 10 daemon kills, %d replica kills: replica and archive exact", l.commits.Load(), replicaKills)
 }
 

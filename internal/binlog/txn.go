@@ -268,3 +268,9 @@ func (p Position) String() string {
 	}
 	return fmt.Sprintf("gtid %q (%s:%d)", p.GTIDSet, p.File, p.Pos)
 }
+
+// SplitMariaDBGTID parses a MariaDB GTID, domain-server-sequence.
+func SplitMariaDBGTID(g string) (domain, server, seq uint64, ok bool) {
+	n, err := fmt.Sscanf(strings.TrimSpace(g), "%d-%d-%d", &domain, &server, &seq)
+	return domain, server, seq, err == nil && n == 3
+}

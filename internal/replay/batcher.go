@@ -157,8 +157,8 @@ func New(c *Conn, o Options) *Batcher {
 	return &Batcher{c: c, o: o, sess: &session{}}
 }
 
-// Full reports that the pending packet should be sent.
-func (b *Batcher) Full() bool {
+// full reports that the pending packet should be sent.
+func (b *Batcher) full() bool {
 	stmts, size := b.c.pending()
 	return b.txns >= b.o.BatchTxns || size >= b.o.BatchBytes || stmts >= 4096
 }
@@ -204,8 +204,19 @@ func (b *Batcher) commitGroup() {
 	b.group, b.groupOpen, b.groupBytes = nil, false, 0
 }
 
-// Event takes the next event of the stream.
+// Event takes the next event of the stream and sends the pending packet
+// once it is full.
 func (b *Batcher) Event(ctx context.Context, ev binlog.Event) error {
+	if err := b.event(ctx, ev); err != nil {
+		return err
+	}
+	if b.full() {
+		return b.Flush()
+	}
+	return nil
+}
+
+func (b *Batcher) event(ctx context.Context, ev binlog.Event) error {
 	if ev.Header.Type == replication.FORMAT_DESCRIPTION_EVENT {
 		if !bytes.Equal(b.sess.fde, ev.Raw) {
 			// Each connection needs the format description before any row

@@ -53,6 +53,30 @@ func DDLTarget(query, defaultDB string) (db, table string, ok bool) {
 		}
 		word() // EXISTS
 	}
+	// object reads what follows an object keyword, the same after CREATE,
+	// ALTER and DROP; known is false for other keywords.
+	object := func(kind string) (db, table string, ok, known bool) {
+		switch kind {
+		case "TABLE", "TABLES", "VIEW", "SEQUENCE":
+			ifExists()
+			db, table, ok = name()
+		case "DATABASE", "SCHEMA":
+			ifExists()
+			db, ok = t.ident()
+		case "INDEX":
+			ifExists()
+			t.ident()
+			if word() == "ON" {
+				db, table, ok = name()
+			}
+		case "PROCEDURE", "FUNCTION", "EVENT", "PACKAGE", "TRIGGER":
+			ifExists()
+			db, _, ok = name()
+		default:
+			return "", "", false, false
+		}
+		return db, table, ok, true
+	}
 	switch word() {
 	case "CREATE":
 		optional("OR", "REPLACE")
@@ -64,38 +88,23 @@ func DDLTarget(query, defaultDB string) (db, table string, ok bool) {
 				continue
 			}
 			save := t.pos
-			w := word()
-			switch w {
-			case "TABLE", "VIEW", "SEQUENCE":
-				ifExists()
-				return name()
-			case "DATABASE", "SCHEMA":
-				ifExists()
-				d, ok := t.ident()
-				return d, "", ok
-			case "INDEX":
-				ifExists()
-				t.ident()
-				if word() != "ON" {
-					return "", "", false
-				}
-				return name()
+			switch w := word(); w {
 			case "TRIGGER":
+				// A trigger belongs to its table: BEFORE|AFTER INSERT|UPDATE|DELETE ON table.
 				ifExists()
 				name()
-				// BEFORE|AFTER INSERT|UPDATE|DELETE ON table
 				for i := 0; i < 4; i++ {
 					if word() == "ON" {
 						return name()
 					}
 				}
 				return "", "", false
-			case "PROCEDURE", "FUNCTION", "EVENT", "PACKAGE":
-				ifExists()
-				d, _, ok := name()
-				return d, "", ok
 			case "":
 				return "", "", false
+			default:
+				if db, table, ok, known := object(w); known {
+					return db, table, ok
+				}
 			}
 			// ALGORITHM=..., DEFINER=..., SQL SECURITY ...: skip to the object keyword.
 			if t.pos == save {
@@ -105,35 +114,15 @@ func DDLTarget(query, defaultDB string) (db, table string, ok bool) {
 		return "", "", false
 	case "ALTER":
 		skipAny("ONLINE", "OFFLINE", "IGNORE")
-		switch word() {
-		case "TABLE", "VIEW", "SEQUENCE":
-			ifExists()
-			return name()
-		case "DATABASE", "SCHEMA":
-			d, ok := t.ident()
-			return d, "", ok
+		switch w := word(); w {
+		case "TABLE", "VIEW", "SEQUENCE", "DATABASE", "SCHEMA":
+			db, table, ok, _ := object(w)
+			return db, table, ok
 		}
 	case "DROP":
 		skipAny("TEMPORARY")
-		switch word() {
-		case "TABLE", "TABLES", "VIEW", "SEQUENCE":
-			ifExists()
-			return name()
-		case "DATABASE", "SCHEMA":
-			ifExists()
-			d, ok := t.ident()
-			return d, "", ok
-		case "INDEX":
-			ifExists()
-			t.ident()
-			if word() != "ON" {
-				return "", "", false
-			}
-			return name()
-		case "TRIGGER", "PROCEDURE", "FUNCTION", "EVENT", "PACKAGE":
-			ifExists()
-			d, _, ok := name()
-			return d, "", ok
+		if db, table, ok, known := object(word()); known {
+			return db, table, ok
 		}
 	case "TRUNCATE":
 		optional("TABLE")

@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	"github.com/go-mysql-org/go-mysql/replication"
+
+	"github.com/binvault/binvault/internal/dbconn"
 )
 
 // Session options carried in a query event's flags2 (sql_priv.h); the
@@ -235,7 +237,7 @@ func (s *session) querySetup(h replication.EventHeader, q *replication.QueryEven
 	// LOG_EVENT_SUPPRESS_USE_F: it must not become the default database
 	// (it may not exist yet, or any more).
 	if db := string(q.Schema); useDB && db != "" && db != s.db && h.Flags&replication.LOG_EVENT_SUPPRESS_USE_F == 0 {
-		out = append(out, "USE "+quoteIdent(db))
+		out = append(out, "USE "+dbconn.QuoteIdent(db))
 		s.db = db
 	}
 	return out, nil
@@ -294,7 +296,7 @@ func userVarStatement(body []byte, collation func(uint32) (charset, name string,
 	if len(body) < 4+nlen+1 {
 		return "", bad
 	}
-	name := quoteIdent(string(body[4 : 4+nlen]))
+	name := dbconn.QuoteIdent(string(body[4 : 4+nlen]))
 	p := body[4+nlen:]
 	if p[0] != 0 {
 		return "SET @" + name + ":=NULL", nil
@@ -314,7 +316,7 @@ func userVarStatement(body []byte, collation func(uint32) (charset, name string,
 		if !ok {
 			return "", fmt.Errorf("user variable @%s has unknown collation id %d", name, coll)
 		}
-		return fmt.Sprintf("SET @%s:=_%s X'%x' COLLATE %s", name, cs, v, quoteIdent(cname)), nil
+		return fmt.Sprintf("SET @%s:=_%s X'%x' COLLATE %s", name, cs, v, dbconn.QuoteIdent(cname)), nil
 	case 1: // REAL_RESULT
 		if vlen != 8 {
 			return "", bad
@@ -338,5 +340,3 @@ func quote(s string) string {
 	r := strings.NewReplacer(`\`, `\\`, `'`, `\'`)
 	return "'" + r.Replace(s) + "'"
 }
-
-func quoteIdent(s string) string { return "`" + strings.ReplaceAll(s, "`", "``") + "`" }

@@ -353,6 +353,56 @@ func (m *MariaDB) QueryString(t testing.TB, query string, args ...any) string {
 	return s.String
 }
 
+// BinlogGTIDs lists the GTIDs in the server's binlogs, in order.
+func (m *MariaDB) BinlogGTIDs(t testing.TB) []string {
+	t.Helper()
+	db := m.DB(t)
+	rows, err := db.Query("SHOW BINARY LOGS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var files []string
+	for rows.Next() {
+		cols, _ := rows.Columns()
+		vals := make([]any, len(cols))
+		var name string
+		vals[0] = &name
+		for i := 1; i < len(cols); i++ {
+			vals[i] = new(sql.RawBytes)
+		}
+		if err := rows.Scan(vals...); err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, name)
+	}
+	rows.Close()
+	var gtids []string
+	for _, f := range files {
+		rows, err := db.Query("SHOW BINLOG EVENTS IN '" + f + "'")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			var logName, typ, info string
+			var pos, serverID, endPos int64
+			if err := rows.Scan(&logName, &pos, &typ, &serverID, &endPos, &info); err != nil {
+				t.Fatal(err)
+			}
+			if typ == "Gtid" {
+				// "BEGIN GTID 0-1-5" or "GTID 0-1-5" (DDL), maybe with " cid=N"
+				fields := strings.Fields(info)
+				for i, fld := range fields {
+					if fld == "GTID" && i+1 < len(fields) {
+						gtids = append(gtids, fields[i+1])
+					}
+				}
+			}
+		}
+		rows.Close()
+	}
+	return gtids
+}
+
 // Strings returns the first column of every row, in order.
 func Strings(t testing.TB, db *sql.DB, query string, args ...any) []string {
 	t.Helper()
