@@ -1,10 +1,7 @@
 package backup
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
@@ -339,164 +336,23 @@ func deleteBackup(ctx context.Context, st storage.Store, m *Manifest) error {
 	return nil
 }
 
-// floorMarker is the content of a floor marker (readers use its key only).
-type floorMarker struct {
-	Format int       `json:"format"`
-	Floor  uint64    `json:"floor"`
-	Time   time.Time `json:"time"`
-}
-
-// pruneSegments deletes the first n segments of the index: floor marker,
-// catalog, segments, older markers (see the top of this file). With n = 0
-// it still finishes what an interrupted prune left below the floor.
+// pruneSegments deletes the first n segments of the index and records
+// what went in rep; archive.Truncate keeps the order readers rely on.
 func pruneSegments(ctx context.Context, st storage.Store, ix *archive.Index, n int, now time.Time, rep *Report, log *slog.Logger) error {
-	floor := ix.Floor
-	if n > 0 {
-		floor = ix.Segments[n].Seq
-		body, _ := json.Marshal(floorMarker{Format: archive.FormatVersion, Floor: floor, Time: now.UTC()})
-		if _, err := st.Put(ctx, archive.FloorKey(floor), bytes.NewReader(body)); err != nil {
-			return fmt.Errorf("write the prune floor: %w", err)
+	tr, err := archive.Truncate(ctx, st, ix, n, now)
+	rep.Strays = append(rep.Strays, tr.Strays...)
+	rep.CatalogDeleted = append(rep.CatalogDeleted, tr.CatalogDeleted...)
+	for k, v := range tr.CatalogRewritten {
+		if rep.CatalogRewritten == nil {
+			rep.CatalogRewritten = map[string]string{}
 		}
+		rep.CatalogRewritten[k] = v
 	}
-	if floor == 0 {
-		return nil // never pruned, nothing to prune
-	}
-	if err := pruneCatalog(ctx, st, floor, rep); err != nil {
-		return err
-	}
-	for _, s := range ix.Segments[:n] {
-		if err := deleteSegment(ctx, st, s.Seq, s.Key); err != nil {
-			return err
-		}
-	}
-	// Segment objects below the floor that the index did not list: an
-	// interrupted prune's, or an orphan of an interrupted upload long ago.
-	strays := map[uint64][]string{}
-	var seqs []uint64
-	errStop := errors.New("stop")
-	err := st.List(ctx, archive.SegmentsPrefix, func(oi storage.ObjectInfo) error {
-		seq, _, ok := archive.ParseSegmentsKey(oi.Key)
-		if !ok {
-			return nil
-		}
-		if seq >= floor {
-			return errStop
-		}
-		if strays[seq] == nil {
-			seqs = append(seqs, seq)
-		}
-		strays[seq] = append(strays[seq], oi.Key)
-		return nil
-	})
-	if err != nil && !errors.Is(err, errStop) {
-		return fmt.Errorf("list segments: %w", err)
-	}
-	for _, seq := range seqs {
-		if err := deleteSegment(ctx, st, seq, archive.SegmentKey(seq)); err != nil {
-			return err
-		}
-		rep.Strays = append(rep.Strays, strays[seq]...)
-	}
-	cs, err := archive.ReadCatalogState(ctx, st)
 	if err != nil {
 		return err
 	}
-	for _, k := range cs.FloorKeys {
-		if f, _ := archive.ParseFloorKey(k); f < floor {
-			if err := st.Delete(ctx, k); err != nil {
-				return fmt.Errorf("delete the old prune floor %s: %w", k, err)
-			}
-		}
-	}
-	if n > 0 || len(seqs) > 0 || len(rep.CatalogDeleted) > 0 {
-		log.Info("deleted segments", "below", floor, "count", n, "strays", len(seqs), "catalog_rewritten", len(rep.CatalogRewritten), "catalog_deleted", len(rep.CatalogDeleted))
-	}
-	return nil
-}
-
-// deleteSegment deletes a segment's manifest, then its object.
-func deleteSegment(ctx context.Context, st storage.Store, seq uint64, key string) error {
-	if err := st.Delete(ctx, archive.ManifestKey(seq)); err != nil {
-		return fmt.Errorf("delete segment %d: %w", seq, err)
-	}
-	if key == "" {
-		key = archive.SegmentKey(seq)
-	}
-	if err := st.Delete(ctx, key); err != nil {
-		return fmt.Errorf("delete segment %d: %w", seq, err)
-	}
-	return nil
-}
-
-// pruneCatalog makes the catalog name no segment below floor: objects
-// readers do not take (below the floor, merged, contained in another) are
-// deleted first, which changes nothing for readers; then the taken ones
-// wholly below the floor, oldest first; then the one straddling it is
-// replaced (the replacement written first). A catalog writer running
-// meanwhile (the daemon's merge) may write an object from what it read
-// before: the listing is checked again, a few times.
-func pruneCatalog(ctx context.Context, st storage.Store, floor uint64, rep *Report) error {
-	del := func(key string) error {
-		if err := st.Delete(ctx, key); err != nil {
-			return fmt.Errorf("delete catalog object %s: %w", key, err)
-		}
-		rep.CatalogDeleted = append(rep.CatalogDeleted, key)
-		return nil
-	}
-	for pass := 0; pass < 3; pass++ {
-		cs, err := archive.ReadCatalogState(ctx, st)
-		if err != nil {
-			return err
-		}
-		done := 0
-		// Holding the lock, a contained object is no running prune's
-		// replacement: an interrupted one's, or the leftover of a rewrite.
-		var others []archive.CatalogRef
-		for _, l := range [][]archive.CatalogRef{cs.Pruned, cs.Redundant, cs.Contained} {
-			others = append(others, l...)
-		}
-		sort.Slice(others, func(i, j int) bool { return others[i].First < others[j].First })
-		for _, c := range others {
-			if err := del(c.Key); err != nil {
-				return err
-			}
-			done++
-		}
-		for _, c := range cs.Cover {
-			switch {
-			case c.Last < floor:
-				if err := del(c.Key); err != nil {
-					return err
-				}
-				done++
-			case c.First < floor:
-				cat, err := archive.ReadCatalog(ctx, st, c.Key)
-				if err != nil {
-					return err
-				}
-				var keep []archive.Segment
-				for _, s := range cat.Segments {
-					if s.Seq >= floor {
-						keep = append(keep, s)
-					}
-				}
-				key, err := archive.WriteCatalog(ctx, st, c.Level, keep)
-				if err != nil {
-					return err
-				}
-				if err := st.Delete(ctx, c.Key); err != nil {
-					return fmt.Errorf("delete catalog object %s: %w", c.Key, err)
-				}
-				if rep.CatalogRewritten == nil {
-					rep.CatalogRewritten = map[string]string{}
-				}
-				rep.CatalogRewritten[c.Key] = key
-				done++
-			}
-		}
-		if done == 0 {
-			return nil
-		}
+	if n > 0 || len(tr.Strays) > 0 || len(tr.CatalogDeleted) > 0 {
+		log.Info("deleted segments", "below", tr.Floor, "count", n, "strays", len(tr.Strays), "catalog_rewritten", len(tr.CatalogRewritten), "catalog_deleted", len(tr.CatalogDeleted))
 	}
 	return nil
 }

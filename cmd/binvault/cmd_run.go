@@ -14,14 +14,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
-	"github.com/binvault/binvault/backup"
-	"github.com/binvault/binvault/internal/archive"
+		"github.com/binvault/binvault/internal/archive"
 	"github.com/binvault/binvault/internal/binlog"
 	"github.com/binvault/binvault/internal/config"
 	"github.com/binvault/binvault/internal/dbconn"
 	"github.com/binvault/binvault/internal/metrics"
 	"github.com/binvault/binvault/internal/usage"
 	"github.com/binvault/binvault/replicator"
+	"github.com/binvault/binvault/replicator/archiver"
 	"github.com/binvault/binvault/storage"
 )
 
@@ -62,7 +62,7 @@ type daemon struct {
 	store    storage.Store
 	spool    *replicator.Spool
 	source   *replicator.Source
-	archiver *backup.Archiver
+	archiver *archiver.Archiver
 	applier  *replicator.Applier // nil without a replica: section
 	sched    *scheduler          // nil without backup.schedule
 	info     dbconn.ServerInfo
@@ -132,7 +132,7 @@ func (d *daemon) setup(ctx context.Context, startFrom string) error {
 		}
 	}
 	d.source = replicator.NewSource(so, info, d.spool)
-	d.archiver = backup.NewArchiver(d.store, d.spool, backup.ArchiverOptions{Metrics: d.metrics, Log: d.log,
+	d.archiver = archiver.New(d.store, d.spool, archiver.Options{Metrics: d.metrics, Log: d.log,
 		// The state file follows each upload at once, so status never shows
 		// the archive behind what the store already holds.
 		Uploaded: func(archive.Segment) { d.writeState(true) }})
@@ -301,7 +301,7 @@ loop:
 	if archRunning {
 		<-archDone
 	}
-	if runErr == nil || !errors.Is(runErr, backup.ErrConflict) {
+	if runErr == nil || !errors.Is(runErr, archiver.ErrConflict) {
 		dctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
 		if err := d.archiver.Drain(dctx); err != nil {
 			d.log.Warn("not everything was uploaded before exit; the next run uploads the rest from the spool", "err", err.Error())

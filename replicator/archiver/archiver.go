@@ -1,7 +1,4 @@
-// Package backup writes the archive: the archiver uploads closed spool
-// segments as verified objects and keeps the catalog; full backups and
-// retention live here too.
-package backup
+package archiver
 
 import (
 	"bytes"
@@ -38,8 +35,8 @@ type SegmentSource interface {
 	Archived(seq uint64) error
 }
 
-// ArchiverOptions tune the archiver.
-type ArchiverOptions struct {
+// Options tune the archiver.
+type Options struct {
 	// CatalogInterval is how often uploaded manifests are gathered into a
 	// catalog object.
 	CatalogInterval time.Duration
@@ -53,7 +50,7 @@ type ArchiverOptions struct {
 type Archiver struct {
 	store storage.Store
 	src   SegmentSource
-	opts  ArchiverOptions
+	opts  Options
 
 	mu       sync.Mutex
 	uploaded uint64            // newest seq in the store
@@ -69,8 +66,8 @@ type Archiver struct {
 // number: another writer shares the storage prefix.
 var ErrConflict = errors.New("archive conflict")
 
-// NewArchiver returns an archiver; Run reads the archive's state first.
-func NewArchiver(st storage.Store, src SegmentSource, o ArchiverOptions) *Archiver {
+// New returns an archiver; Run reads the archive's state first.
+func New(st storage.Store, src SegmentSource, o Options) *Archiver {
 	if o.CatalogInterval == 0 {
 		o.CatalogInterval = time.Minute
 	}
