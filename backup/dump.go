@@ -15,7 +15,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/go-sql-driver/mysql"
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/binvault/binvault/internal/archive"
@@ -528,12 +527,9 @@ func (w *worker) do(ctx context.Context, t task) error {
 }
 
 func explainDumpError(err error) error {
-	var me *mysql.MySQLError
-	if errors.As(err, &me) {
-		switch me.Number {
-		case 1412, 1146, 1054:
-			return fmt.Errorf("the table was changed by DDL during the backup (%s): run the backup again, away from schema changes", me.Message)
-		}
+	if dbconn.IsTableChanged(err) {
+		_, msg, _ := dbconn.ServerError(err)
+		return fmt.Errorf("the table was changed by DDL during the backup (%s): run the backup again, away from schema changes", msg)
 	}
 	return err
 }

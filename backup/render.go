@@ -192,9 +192,6 @@ func isNumber(b []byte, point bool) bool {
 	return dots <= 1
 }
 
-// quoteString quotes a string literal (for statements built from names).
-func quoteString(s string) string { return string(appendQuoted(nil, []byte(s))) }
-
 func sha256Hex(b []byte) string {
 	h := sha256.Sum256(b)
 	return hex.EncodeToString(h[:])

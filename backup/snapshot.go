@@ -3,7 +3,6 @@ package backup
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -57,7 +56,7 @@ var systemSchemas = []string{"mysql", "sys", "information_schema", "performance_
 func notSystemSchema(col string) string {
 	q := make([]string, len(systemSchemas))
 	for i, s := range systemSchemas {
-		q[i] = quoteString(s)
+		q[i] = dbconn.QuoteString(s)
 	}
 	return col + " NOT IN (" + strings.Join(q, ",") + ")"
 }
@@ -96,68 +95,26 @@ func RequiredPrivileges(flavor string) []string {
 	return []string{"SELECT", "SHOW VIEW", "TRIGGER", "EVENT", "RELOAD"}
 }
 
-var grantLine = regexp.MustCompile("^GRANT (.+?) ON \\*\\.\\* TO ")
-
-// globalPrivileges reads SHOW GRANTS: the user's own global grants and
-// those of its active roles. Without SELECT on *.* a backup would miss
-// whatever the user cannot see, and without TRIGGER SHOW TRIGGERS returns
-// nothing rather than an error, so privileges are checked up front.
-func globalPrivileges(ctx context.Context, c *sql.Conn) (map[string]bool, string, error) {
-	var user string
-	if err := c.QueryRowContext(ctx, "SELECT CURRENT_USER()").Scan(&user); err != nil {
-		return nil, "", err
-	}
-	rows, err := c.QueryContext(ctx, "SHOW GRANTS")
-	if err != nil {
-		return nil, user, err
-	}
-	defer rows.Close()
-	have := map[string]bool{}
-	for rows.Next() {
-		var line string
-		if err := rows.Scan(&line); err != nil {
-			return nil, user, err
-		}
-		m := grantLine.FindStringSubmatch(line)
-		if m == nil {
-			continue
-		}
-		for _, p := range strings.Split(m[1], ",") {
-			p = strings.ToUpper(strings.TrimSpace(p))
-			if p == "ALL PRIVILEGES" || p == "ALL" {
-				have["ALL"] = true
-			}
-			have[p] = true
-		}
-	}
-	return have, user, rows.Err()
-}
-
 // checkPrivileges returns a usage error naming every missing privilege.
+// Without SELECT on *.* a backup would miss whatever the user cannot see,
+// and without TRIGGER SHOW TRIGGERS returns nothing rather than an error,
+// so privileges are checked up front.
 func checkPrivileges(ctx context.Context, c *sql.Conn, flavor string, dsn dbconn.DSN) error {
-	have, user, err := globalPrivileges(ctx, c)
+	g, err := dbconn.ReadGrants(ctx, c)
 	if err != nil {
 		return fmt.Errorf("source %s: read the user's privileges (SHOW GRANTS): %w", dsn, err)
 	}
 	var missing []string
-	for _, p := range RequiredPrivileges(flavor) {
-		if !have[p] && !have["ALL"] && !(p == "BACKUP_ADMIN" && have["SUPER"]) {
-			missing = append(missing, p)
+	for _, p := range g.Missing(RequiredPrivileges(flavor)...) {
+		if p == "BACKUP_ADMIN" && g.Has("SUPER") {
+			continue
 		}
+		missing = append(missing, p)
 	}
 	if len(missing) > 0 {
-		return usage.Errorf("source %s: user %s lacks %s for backups: GRANT %s ON *.* TO %s",
-			dsn, user, strings.Join(missing, ", "), strings.Join(missing, ", "), quoteUser(user))
+		return usage.Errorf("source %s: user %s lacks %s for backups: %s", dsn, g.Account, strings.Join(missing, ", "), g.GrantStatement("%", missing...))
 	}
 	return nil
-}
-
-func quoteUser(u string) string {
-	name, host, ok := strings.Cut(u, "@")
-	if !ok {
-		return "'" + u + "'"
-	}
-	return "'" + name + "'@'" + host + "'"
 }
 
 // session prepares a connection for dumping: exact value text, one time
@@ -205,7 +162,7 @@ func takeSnapshot(ctx context.Context, flavor string, control *sql.Conn, workers
 		if err == nil {
 			return res, nil
 		}
-		if !isLockTimeout(err) {
+		if !dbconn.IsLockConflict(err) {
 			return nil, err
 		}
 		lastErr = err
@@ -217,11 +174,6 @@ func takeSnapshot(ctx context.Context, flavor string, control *sql.Conn, workers
 		}
 	}
 	return nil, fmt.Errorf("could not block commits for a consistent snapshot within %s in %d attempts (a long DDL or commit holds them; see SHOW PROCESSLIST): %w", lockWaitTimeout, lockAttempts, lastErr)
-}
-
-func isLockTimeout(err error) bool {
-	var me *mysql.MySQLError
-	return errors.As(err, &me) && (me.Number == 1205 || me.Number == 1213)
 }
 
 func trySnapshot(ctx context.Context, flavor string, control *sql.Conn, workers []*sql.Conn) (res *snapshotResult, err error) {

@@ -15,8 +15,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/go-mysql-org/go-mysql/mysql"
-
 	"github.com/binvault/binvault/internal/binlog"
 	"github.com/binvault/binvault/internal/dbconn"
 	"github.com/binvault/binvault/internal/metrics"
@@ -109,24 +107,16 @@ func ReplicaPreflight(ctx context.Context, o ApplierOptions, sourceFlavor string
 	if !si.ReadOnly && !o.AllowWritable {
 		return si, usage.Errorf("replica %s has read_only=OFF: others could write to it and make it diverge; SET GLOBAL read_only=ON (and in its config file), or set replica.allow_writable: true", o.DSN)
 	}
-	grants, err := showGrants(ctx, db)
+	g, err := dbconn.ReadGrants(ctx, db)
 	if err != nil {
 		return si, dbconn.Explain("replica", o.DSN, err)
 	}
-	has := func(privs ...string) bool {
-		for _, p := range privs {
-			if strings.Contains(grants, p) {
-				return true
-			}
-		}
-		return false
-	}
 	user := o.DSN.User
-	if !has("ALL PRIVILEGES", "SUPER", "BINLOG REPLAY") {
-		return si, usage.Errorf("replica user %q lacks BINLOG REPLAY: run GRANT BINLOG REPLAY ON *.* TO '%s'@'<binvault host>' on the replica (row events are replayed with BINLOG statements)", user, user)
+	if !g.HasAny("BINLOG REPLAY", "SUPER") {
+		return si, usage.Errorf("replica user %q lacks BINLOG REPLAY: run %s on the replica (row events are replayed with BINLOG statements)", user, g.GrantStatement("<binvault host>", "BINLOG REPLAY"))
 	}
-	if si.ReadOnly && !has("ALL PRIVILEGES", "SUPER", "READ ONLY ADMIN", "READ_ONLY ADMIN") {
-		return si, usage.Errorf("replica user %q cannot write while read_only=ON: GRANT READ ONLY ADMIN ON *.* TO '%s'@'<binvault host>' on the replica", user, user)
+	if si.ReadOnly && !g.HasAny("READ_ONLY ADMIN", "SUPER") {
+		return si, usage.Errorf("replica user %q cannot write while read_only=ON: run %s on the replica", user, g.GrantStatement("<binvault host>", "READ ONLY ADMIN"))
 	}
 	var running sql.NullString
 	rows, err := db.QueryContext(ctx, "SHOW ALL SLAVES STATUS")
@@ -156,23 +146,6 @@ func ReplicaPreflight(ctx context.Context, o ApplierOptions, sourceFlavor string
 	return si, nil
 }
 
-func showGrants(ctx context.Context, db *sql.DB) (string, error) {
-	rows, err := db.QueryContext(ctx, "SHOW GRANTS")
-	if err != nil {
-		return "", err
-	}
-	defer rows.Close()
-	var all []string
-	for rows.Next() {
-		var g string
-		if err := rows.Scan(&g); err != nil {
-			return "", err
-		}
-		all = append(all, strings.ToUpper(g))
-	}
-	return strings.Join(all, "\n"), rows.Err()
-}
-
 // Status is the applier's state for status and metrics.
 type ApplierStatus struct {
 	Connected bool
@@ -187,7 +160,7 @@ func (a *Applier) Status() ApplierStatus {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	st := ApplierStatus{Connected: a.connected.Load(), LastTime: a.lastTime, LastError: a.lastErr, Stopped: a.stopped != nil}
-	if a.applied.Raw() != nil {
+	if !a.applied.IsZero() {
 		st.Applied = a.applied.String()
 	}
 	return st
@@ -197,14 +170,21 @@ func (a *Applier) Status() ApplierStatus {
 // by GTID sequence numbers per domain (MariaDB) — exact while a domain's
 // sequence numbers have no holes.
 func (a *Applier) TxnsBehind() float64 {
+	// Cloned under the lock: Committed advances the set in place, and a
+	// set read while a new domain is added to it is a concurrent map
+	// access (a crash on any /metrics scrape).
 	a.mu.Lock()
-	applied := a.applied
+	applied := a.applied.Clone()
 	a.mu.Unlock()
 	end, _, ok := a.spool.End()
-	if !ok || applied.Raw() == nil {
+	if !ok || applied.IsZero() {
 		return 0
 	}
-	return float64(seqDistance(a.flavor, end.GTIDSet, applied.String()))
+	endSet, err := binlog.ParseGTIDSet(a.flavor, end.GTIDSet)
+	if err != nil {
+		return 0
+	}
+	return float64(endSet.SeqsAhead(applied))
 }
 
 // Run applies transactions until ctx ends (nil), a transaction is refused
@@ -265,8 +245,7 @@ func (a *Applier) takeOver(ctx context.Context, c *replay.Conn) error {
 		old.Replica == a.opts.DSN.Addr() && abs64(old.ServerBoot-boot) <= 2 && old.ConnID != c.ID() {
 		// Same server run: the old connection may still be executing.
 		if err := c.Exec(fmt.Sprintf("KILL CONNECTION %d", old.ConnID)); err != nil {
-			var me *mysql.MyError
-			if !errors.As(err, &me) || me.Code != 1094 { // 1094: unknown thread: already gone
+			if !dbconn.IsUnknownThread(err) { // already gone
 				return fmt.Errorf("stop the previous applier connection %d: %w", old.ConnID, err)
 			}
 		}
@@ -378,12 +357,7 @@ func (a *Applier) session(ctx context.Context) error {
 		Due:        a.due(),
 		Committed: func(t replay.Txn) {
 			mine.Add(t.GTID)
-			a.mu.Lock()
-			a.applied.Add(t.GTID)
-			a.lastTime = time.Unix(int64(t.Time), 0)
-			a.lastErr = ""
-			a.mu.Unlock()
-			m.ReplicaAppliedTxns.Inc()
+			a.committed(t)
 		},
 		Flushed: func(txns int, d time.Duration) {
 			m.ReplicaBatchTxns.Observe(float64(txns))
@@ -409,6 +383,16 @@ func (a *Applier) session(ctx context.Context) error {
 	}
 }
 
+// committed records a transaction the replica made durable.
+func (a *Applier) committed(t replay.Txn) {
+	a.mu.Lock()
+	a.applied.Add(t.GTID)
+	a.lastTime = time.Unix(int64(t.Time), 0)
+	a.lastErr = ""
+	a.mu.Unlock()
+	a.opts.Metrics.ReplicaAppliedTxns.Inc()
+}
+
 // skipper skips what the replica already has, and stops at a departure of
 // its history: a GTID with the sequence number the replica is at in that
 // domain but from another server is another transaction (the replica took
@@ -416,7 +400,7 @@ func (a *Applier) session(ctx context.Context) error {
 // is expected: a DDL the replica was running when it crashed is completed
 // by its crash recovery and logged under the replica's own server_id
 // (recoveredDDL); the primary's DDL at that sequence number took effect.
-func skipper(flavor string, applied binlog.GTIDSet, recoveredDDL map[string]bool, log *slog.Logger) func(string, bool) (bool, error) {
+func skipper(flavor string, applied binlog.GTIDSet, recoveredDDL map[binlog.MariaDBGTID]bool, log *slog.Logger) func(string, bool) (bool, error) {
 	return func(gtid string, ddl bool) (bool, error) {
 		if !applied.ContainsGTID(gtid) {
 			return false, nil
@@ -424,30 +408,27 @@ func skipper(flavor string, applied binlog.GTIDSet, recoveredDDL map[string]bool
 		if flavor != dbconn.MariaDB {
 			return true, nil
 		}
-		d, _, seq, ok := binlog.SplitMariaDBGTID(gtid)
+		g, ok := binlog.ParseMariaDBGTID(gtid)
 		if !ok {
 			return true, nil
 		}
-		for _, have := range strings.Split(applied.String(), ",") {
-			hd, _, hseq, ok := binlog.SplitMariaDBGTID(have)
-			if !ok || hd != d || hseq != seq || have == gtid {
-				continue
-			}
-			if ddl && recoveredDDL[strings.TrimSpace(have)] {
-				log.Warn("the replica completed this DDL in crash recovery and logged it under its own server_id; counting it as applied", "primary_gtid", gtid, "replica_gtid", have)
-				return true, nil
-			}
-			return false, usage.Errorf("the replica's history departs from the primary's: it holds GTID %s where the primary has %s (a write made on the replica itself); remove that transaction's effects and its GTID (or rebuild the replica from a backup), then restart", have, gtid)
+		have, ok := applied.At(g.Domain)
+		if !ok || have.Seq != g.Seq || have == g {
+			return true, nil
 		}
-		return true, nil
+		if ddl && recoveredDDL[have] {
+			log.Warn("the replica completed this DDL in crash recovery and logged it under its own server_id; counting it as applied", "primary_gtid", gtid, "replica_gtid", have.String())
+			return true, nil
+		}
+		return false, usage.Errorf("the replica's history departs from the primary's: it holds GTID %s where the primary has %s (a write made on the replica itself); remove that transaction's effects and its GTID (or rebuild the replica from a backup), then restart", have, gtid)
 	}
 }
 
 // recoveredDDL finds, among the replica's newest GTIDs, those logged under
 // its own server_id as DDL: what crash recovery logs when it completes a
 // DDL that was running (atomic DDL, MariaDB 10.6+).
-func (a *Applier) recoveredDDL(c *replay.Conn, applied binlog.GTIDSet) map[string]bool {
-	out := map[string]bool{}
+func (a *Applier) recoveredDDL(c *replay.Conn, applied binlog.GTIDSet) map[binlog.MariaDBGTID]bool {
+	out := map[binlog.MariaDBGTID]bool{}
 	if a.flavor != dbconn.MariaDB {
 		return out
 	}
@@ -456,10 +437,10 @@ func (a *Applier) recoveredDDL(c *replay.Conn, applied binlog.GTIDSet) map[strin
 		return out
 	}
 	own, _ := r.GetUint(0, 0)
-	want := map[string]bool{}
-	for _, g := range strings.Split(applied.String(), ",") {
-		if _, server, _, ok := binlog.SplitMariaDBGTID(g); ok && server == own {
-			want[strings.TrimSpace(g)] = true
+	want := map[binlog.MariaDBGTID]bool{}
+	for _, g := range applied.Domains() {
+		if uint64(g.Server) == own {
+			want[g] = true
 		}
 	}
 	if len(want) == 0 {
@@ -484,8 +465,11 @@ func (a *Applier) recoveredDDL(c *replay.Conn, applied binlog.GTIDSet) map[strin
 			}
 			fields := strings.Fields(info)
 			// "GTID 0-1-5" is a standalone group (DDL); "BEGIN GTID ..." is not.
-			if len(fields) >= 2 && fields[0] == "GTID" && want[fields[1]] {
-				out[fields[1]] = true
+			if len(fields) < 2 || fields[0] != "GTID" {
+				continue
+			}
+			if g, ok := binlog.ParseMariaDBGTID(fields[1]); ok && want[g] {
+				out[g] = true
 			}
 		}
 	}
@@ -501,32 +485,4 @@ func (a *Applier) due() func(replay.Txn) time.Time {
 		return nil
 	}
 	return func(t replay.Txn) time.Time { return time.Unix(int64(t.Time)+1, 0).Add(d) }
-}
-
-// seqDistance sums, per domain, how far b's sequence number is behind a's.
-func seqDistance(flavor, a, b string) int64 {
-	if flavor != dbconn.MariaDB {
-		return 0
-	}
-	last := func(s string) map[string]int64 {
-		m := map[string]int64{}
-		for _, g := range strings.Split(s, ",") {
-			parts := strings.Split(strings.TrimSpace(g), "-")
-			if len(parts) != 3 {
-				continue
-			}
-			var n int64
-			fmt.Sscan(parts[2], &n)
-			m[parts[0]] = n
-		}
-		return m
-	}
-	am, bm := last(a), last(b)
-	var d int64
-	for dom, n := range am {
-		if n > bm[dom] {
-			d += n - bm[dom]
-		}
-	}
-	return d
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 
 	"github.com/binvault/binvault/internal/archive"
 	"github.com/binvault/binvault/internal/binlog"
@@ -39,9 +38,13 @@ func newFeed(ctx context.Context, sp *Spool, st storage.Store, flavor string, ap
 	// One view of the spool: deciding from a list taken now and a "next
 	// segment" read later would skip what was written in between.
 	cands, openSeq, next := sp.Snapshot()
+	// A segment is only passed over when the replica stands, in every
+	// domain at the segment's sequence number, on the same GTID: a replica
+	// whose own write took a sequence number of the primary's domain is
+	// caught transaction by transaction (skipper).
 	contains := func(p binlog.Position) bool {
 		set, err := binlog.ParseGTIDSet(flavor, p.GTIDSet)
-		return err == nil && applied.Contains(set) && sameAtEqualSeq(flavor, applied.String(), p.GTIDSet)
+		return err == nil && applied.Contains(set) && applied.SameAtEqualSeq(set)
 	}
 	pick := func(segs []archive.Segment) (uint64, bool, error) {
 		for _, s := range segs {
@@ -279,32 +282,4 @@ func (t *tailReader) Read(p []byte) (int, error) {
 		case <-ch:
 		}
 	}
-}
-
-// sameAtEqualSeq reports whether, in every domain where both positions stand
-// at the same sequence number, they name the same GTID. A segment is only
-// passed over when it is, so a replica whose own write took a sequence
-// number of the primary's domain is caught transaction by transaction.
-func sameAtEqualSeq(flavor, a, b string) bool {
-	if flavor != "mariadb" {
-		return true
-	}
-	at := map[uint64]string{}
-	for _, g := range strings.Split(a, ",") {
-		if d, _, _, ok := binlog.SplitMariaDBGTID(g); ok {
-			at[d] = strings.TrimSpace(g)
-		}
-	}
-	for _, g := range strings.Split(b, ",") {
-		d, _, seq, ok := binlog.SplitMariaDBGTID(g)
-		if !ok {
-			continue
-		}
-		if have, ok := at[d]; ok {
-			if _, _, hseq, _ := binlog.SplitMariaDBGTID(have); hseq == seq && have != strings.TrimSpace(g) {
-				return false
-			}
-		}
-	}
-	return true
 }

@@ -13,7 +13,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/go-mysql-org/go-mysql/replication"
 
 	"github.com/binvault/binvault/internal/archive"
@@ -95,37 +94,17 @@ func Preflight(ctx context.Context, o SourceOptions) (dbconn.ServerInfo, archive
 }
 
 func checkPrivileges(ctx context.Context, db *sql.DB, o SourceOptions) error {
-	rows, err := db.QueryContext(ctx, "SHOW GRANTS")
+	g, err := dbconn.ReadGrants(ctx, db)
 	if err != nil {
 		return dbconn.Explain("source", o.DSN, err)
 	}
-	defer rows.Close()
-	var grants []string
-	for rows.Next() {
-		var g string
-		if err := rows.Scan(&g); err != nil {
-			return err
-		}
-		grants = append(grants, strings.ToUpper(g))
-	}
-	all := strings.Join(grants, "\n")
-	has := func(privs ...string) bool {
-		for _, p := range privs {
-			if strings.Contains(all, p) {
-				return true
-			}
-		}
-		return false
-	}
-	if has("ALL PRIVILEGES", "SUPER") {
-		return nil
-	}
 	user := o.DSN.User
-	if !has("REPLICATION SLAVE", "REPLICATION REPLICA") {
-		return usage.Errorf("source user %q lacks REPLICATION SLAVE: run GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO '%s'@'<binvault host>' on the primary", user, user)
+	if !g.Has("REPLICATION SLAVE") {
+		return usage.Errorf("source user %q lacks REPLICATION SLAVE: run %s on the primary", user, g.GrantStatement("<binvault host>", "REPLICATION SLAVE", "REPLICATION CLIENT"))
 	}
-	if !has("REPLICATION CLIENT", "BINLOG MONITOR") {
-		return usage.Errorf("source user %q lacks REPLICATION CLIENT (BINLOG MONITOR): run GRANT REPLICATION CLIENT ON *.* TO '%s'@'<binvault host>' on the primary", user, user)
+	// SHOW MASTER STATUS and SHOW BINARY LOGS take SUPER as well.
+	if !g.HasAny("REPLICATION CLIENT", "SUPER") {
+		return usage.Errorf("source user %q lacks REPLICATION CLIENT (BINLOG MONITOR): run %s on the primary", user, g.GrantStatement("<binvault host>", "REPLICATION CLIENT"))
 	}
 	return nil
 }
@@ -372,33 +351,22 @@ func (s *Source) next(ctx context.Context, st *replication.BinlogStreamer) (*rep
 // explain turns stream errors into messages; the ones only the user can fix
 // become usage errors so the daemon stops instead of retrying forever.
 func (s *Source) explain(err error, pos binlog.Position) error {
-	var me *mysql.MyError
-	msg := err.Error()
-	code := uint16(0)
-	if errors.As(err, &me) {
-		code, msg = me.Code, me.Message
-	} else if strings.Contains(msg, "ERROR 1236") {
-		code = 1236
-	}
+	code, msg, isServer := dbconn.ServerError(err)
 	d := s.opts.DSN
 	switch {
-	case code == 1236 && (strings.Contains(msg, "purged") || strings.Contains(msg, "not in the master's binlog") ||
-		strings.Contains(msg, "Could not find GTID state") || strings.Contains(msg, "could not find next log")):
+	case dbconn.IsBinlogPurged(err):
 		return usage.Errorf("binlog purged past %s: the primary %s no longer holds the binlog binvault must resume from; take a new backup, then move the spool aside and start with --start-from gtid:<the backup's position> (primary said: %s)", pos.GTIDSet, d, msg)
-	case code == 1236 && strings.Contains(msg, "same server"),
-		// MariaDB reports a server_id collision as ER_SLAVE_SAME_ID (4052),
-		// not 1236; without this case the daemon and the other replica
-		// kick each other off the primary forever. The primary sends it to
-		// the connection it drops because a newer one registered the same
-		// server_id; a stale dump thread of our own (after a crash) is the
-		// dropped one, never us, so 4052 always means another consumer.
-		code == 4052:
+	case dbconn.IsServerIDTaken(err):
+		// Without this case the daemon and the other replica kick each
+		// other off the primary forever. A stale dump thread of our own
+		// (after a crash) is the dropped one, never us, so this always
+		// means another consumer.
 		return usage.Errorf("source.server_id %d is used by another replica of %s: choose another source.server_id (primary said: %s)", s.opts.ServerID, d, msg)
-	case code == 1045 || code == 1698:
+	case dbconn.IsAccessDenied(err):
 		return usage.Errorf("source %s: access denied for user %q: check the user and password in source.dsn", d, d.User)
-	case code == 1227:
+	case dbconn.IsMissingPrivilege(err):
 		return usage.Errorf("source user %q lacks a privilege the binlog dump needs: GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO '%s'@'<binvault host>' (primary said: %s)", d.User, d.User, msg)
-	case code != 0:
+	case isServer:
 		return fmt.Errorf("primary %s: error %d: %s", d, code, msg)
 	}
 	return fmt.Errorf("primary %s: %w", d, err)

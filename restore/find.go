@@ -136,7 +136,7 @@ func findIn(ctx context.Context, st storage.Store, s archive.Segment, q FindQuer
 			if db, table, ok := replay.DDLTarget(text, string(e.Schema)); ok && db == q.DB && (table == q.Table || table == "") {
 				if table == q.Table || strings.EqualFold(text[:min(len(text), 13)], "DROP DATABASE") || strings.HasPrefix(strings.ToUpper(text), "DROP SCHEMA") {
 					cur.Kind = "ddl"
-					cur.Statement = shortenStmt(text)
+					cur.Statement = binlog.Shorten(text, 160)
 				}
 			}
 		}
@@ -162,12 +162,4 @@ func inWindow(t time.Time, q FindQuery) bool {
 		return false
 	}
 	return true
-}
-
-func shortenStmt(s string) string {
-	s = strings.Join(strings.Fields(s), " ")
-	if len(s) > 160 {
-		return s[:160] + "…"
-	}
-	return s
 }

@@ -393,12 +393,8 @@ func createPreData(ctx context.Context, db *sql.DB, ddl *sql.Conn, defs []backup
 // existsBefore forgives, when resuming a load, the error of creating what the
 // interrupted run created already (the target held none of it before).
 func existsBefore(resume bool, err error) error {
-	var me *mysql.MySQLError
-	if resume && errors.As(err, &me) {
-		switch me.Number {
-		case 1007, 1050, 1304, 1359, 1537: // database, table or view, routine, trigger, event exists
-			return nil
-		}
+	if resume && dbconn.IsAlreadyExists(err) {
+		return nil
 	}
 	return err
 }
@@ -438,7 +434,7 @@ func createPostData(ctx context.Context, c *sql.Conn, defs []backup.Definition, 
 			var errs []string
 			for _, v := range pendingViews {
 				if err := existsBefore(resume, execDefinition(ctx, c, v)); err != nil {
-					if !isMissingTable(err) {
+					if !dbconn.IsMissingTableOrView(err) {
 						return err
 					}
 					again = append(again, v)
@@ -471,11 +467,6 @@ func createPostData(ctx context.Context, c *sql.Conn, defs []backup.Definition, 
 
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
-func isMissingTable(err error) bool {
-	var me *mysql.MySQLError
-	return errors.As(err, &me) && (me.Number == 1146 || me.Number == 1356)
-}
-
 // execDefinition runs one definition under the session settings it
 // recorded, restoring the connection's defaults afterwards.
 func execDefinition(ctx context.Context, c *sql.Conn, d backup.Definition) error {
@@ -488,27 +479,27 @@ func execDefinition(ctx context.Context, c *sql.Conn, d backup.Definition) error
 		setup = append(setup, "USE "+dbconn.QuoteIdent(d.Database))
 	}
 	if d.SQLMode != nil {
-		setup = append(setup, "SET SESSION sql_mode = "+quote(*d.SQLMode))
+		setup = append(setup, "SET SESSION sql_mode = "+dbconn.QuoteString(*d.SQLMode))
 		undo = append(undo, "SET SESSION sql_mode = '"+dataSQLMode+"'")
 	}
 	if d.TimeZone != "" {
-		setup = append(setup, "SET SESSION time_zone = "+quote(d.TimeZone))
+		setup = append(setup, "SET SESSION time_zone = "+dbconn.QuoteString(d.TimeZone))
 		undo = append(undo, "SET SESSION time_zone = '+00:00'")
 	}
 	if d.CharacterSetClient != "" {
-		setup = append(setup, "SET SESSION character_set_client = "+quote(d.CharacterSetClient))
+		setup = append(setup, "SET SESSION character_set_client = "+dbconn.QuoteString(d.CharacterSetClient))
 		undo = append(undo, "SET NAMES utf8mb4")
 	}
 	if d.CollationConnection != "" {
-		setup = append(setup, "SET SESSION collation_connection = "+quote(d.CollationConnection))
+		setup = append(setup, "SET SESSION collation_connection = "+dbconn.QuoteString(d.CollationConnection))
 	}
 	// A stored program keeps the collation its database had when it was
 	// created; recreate it under that same database collation.
 	if d.DatabaseCollation != "" && d.Database != "" {
 		var cur string
 		if err := c.QueryRowContext(ctx, "SELECT DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?", d.Database).Scan(&cur); err == nil && cur != d.DatabaseCollation {
-			setup = append(setup, "ALTER DATABASE "+dbconn.QuoteIdent(d.Database)+" COLLATE "+quote(d.DatabaseCollation))
-			undo = append(undo, "ALTER DATABASE "+dbconn.QuoteIdent(d.Database)+" COLLATE "+quote(cur))
+			setup = append(setup, "ALTER DATABASE "+dbconn.QuoteIdent(d.Database)+" COLLATE "+dbconn.QuoteString(d.DatabaseCollation))
+			undo = append(undo, "ALTER DATABASE "+dbconn.QuoteIdent(d.Database)+" COLLATE "+dbconn.QuoteString(cur))
 		}
 	}
 	for _, s := range setup {
@@ -526,10 +517,6 @@ func execDefinition(ctx context.Context, c *sql.Conn, d backup.Definition) error
 		return fmt.Errorf("create %s: %w", name, err)
 	}
 	return nil
-}
-
-func quote(s string) string {
-	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'"
 }
 
 // loadData executes the data objects, o.Parallel at a time.
@@ -586,7 +573,7 @@ func loadObject(ctx context.Context, c *sql.Conn, st storage.Store, obj backup.O
 		// Two loaders that both find a table empty both try InnoDB's
 		// bulk insert, which locks the table: one is chosen as a deadlock
 		// victim. Its transaction is rolled back whole, so it starts over.
-		if !isRetryable(err) || attempt == 5 {
+		if !dbconn.IsLockConflict(err) || attempt == 5 {
 			return err
 		}
 		log.Info("loading the object again", "object", obj.Key, "attempt", attempt+1, "err", err)
@@ -596,11 +583,6 @@ func loadObject(ctx context.Context, c *sql.Conn, st storage.Store, obj backup.O
 		case <-time.After(time.Duration(attempt) * 100 * time.Millisecond):
 		}
 	}
-}
-
-func isRetryable(err error) bool {
-	var me *mysql.MySQLError
-	return errors.As(err, &me) && (me.Number == 1213 || me.Number == 1205)
 }
 
 // execObject runs one object's statements as one transaction: a commit

@@ -9,6 +9,7 @@ import (
 	"github.com/binvault/binvault/backup"
 	"github.com/binvault/binvault/internal/archive"
 	"github.com/binvault/binvault/internal/binlog"
+	"github.com/binvault/binvault/internal/dbconn"
 	"github.com/binvault/binvault/internal/usage"
 	"github.com/binvault/binvault/storage"
 )
@@ -204,13 +205,16 @@ func reaches(flavor string, s archive.Segment, t Target) bool {
 	return err == nil && end.ContainsGTID(g)
 }
 
+// gtidEqualsPositionEnd reports whether gtid is the last transaction of
+// its domain in pos (MariaDB), or pos holds exactly that one transaction
+// beyond nothing else of its server (MySQL, as the text compared before).
 func gtidEqualsPositionEnd(pos binlog.GTIDSet, gtid string) bool {
-	for _, g := range strings.Split(pos.String(), ",") {
-		if strings.TrimSpace(g) == gtid {
-			return true
-		}
+	if g, ok := binlog.ParseMariaDBGTID(gtid); ok && pos.Flavor() == dbconn.MariaDB {
+		have, found := pos.At(g.Domain)
+		return found && have == g
 	}
-	return false
+	one, err := binlog.ParseGTIDSet(pos.Flavor(), gtid)
+	return err == nil && pos.Equal(one)
 }
 
 func lastOf(run []archive.Segment, m *backup.Manifest) archive.Segment {

@@ -462,15 +462,14 @@ func dropState(ctx context.Context, db *sql.DB, evenLogged bool) error {
 // checkpointSQL records s as the restore's progress.
 func checkpointSQL(s state) string {
 	return fmt.Sprintf("REPLACE INTO %s.state (id, backup_id, target, position, updated, ddl_in_binlog, phase) VALUES (1, %s, %s, %s, NOW(6), %t, %s)",
-		stateDB, sqlString(s.BackupID), sqlString(s.Target), sqlString(s.Position), s.DDLInBinlog, sqlString(s.Phase))
+		stateDB, dbconn.QuoteString(s.BackupID), dbconn.QuoteString(s.Target), dbconn.QuoteString(s.Position), s.DDLInBinlog, dbconn.QuoteString(s.Phase))
 }
 
 func readState(ctx context.Context, db *sql.DB) (*state, error) {
 	var s state
 	err := db.QueryRowContext(ctx, "SELECT backup_id, target, position, CAST(updated AS CHAR), ddl_in_binlog, phase FROM "+stateDB+".state WHERE id = 1").Scan(&s.BackupID, &s.Target, &s.Position, &s.Updated, &s.DDLInBinlog, &s.Phase)
 	if err != nil {
-		var me interface{ Error() string }
-		if errors.As(err, &me) && (strings.Contains(err.Error(), "1049") || strings.Contains(err.Error(), "1146")) || errors.Is(err, sql.ErrNoRows) {
+		if dbconn.IsUnknownDatabase(err) || dbconn.IsNoSuchTable(err) || errors.Is(err, sql.ErrNoRows) {
 			return nil, nil // no unfinished restore
 		}
 		return nil, err
@@ -539,16 +538,16 @@ func loggedDDL(ctx context.Context, db *sql.DB) (func(gtid string) bool, error) 
 	if err := db.QueryRowContext(ctx, "SELECT @@GLOBAL.gtid_binlog_state").Scan(&state); err != nil {
 		return nil, fmt.Errorf("read the target's binlog state: %w", err)
 	}
-	last := map[[2]uint64]uint64{}
-	for _, g := range strings.Split(state, ",") {
-		if d, srv, seq, ok := binlog.SplitMariaDBGTID(g); ok {
-			last[[2]uint64{d, srv}] = max(last[[2]uint64{d, srv}], seq)
-		}
+	type stream struct{ domain, server uint32 }
+	last := map[stream]uint64{}
+	for _, g := range binlog.ParseMariaDBGTIDList(state) {
+		k := stream{g.Domain, g.Server}
+		last[k] = max(last[k], g.Seq)
 	}
 	return func(gtid string) bool {
-		d, srv, seq, ok := binlog.SplitMariaDBGTID(gtid)
-		n, found := last[[2]uint64{d, srv}]
-		return ok && found && n >= seq
+		g, ok := binlog.ParseMariaDBGTID(gtid)
+		n, found := last[stream{g.Domain, g.Server}]
+		return ok && found && n >= g.Seq
 	}, nil
 }
 
@@ -613,13 +612,13 @@ func recordGTID(ctx context.Context, db *sql.DB, pos string, log *slog.Logger) s
 	if logBin == "1" || strings.EqualFold(logBin, "ON") {
 		if _, err := db.ExecContext(ctx, "RESET MASTER"); err != nil {
 			log.Warn("could not reset the target's binlog to record the restored GTID position", "err", err.Error())
-		} else if _, err := db.ExecContext(ctx, "SET GLOBAL gtid_binlog_state = "+sqlString(pos)); err != nil {
+		} else if _, err := db.ExecContext(ctx, "SET GLOBAL gtid_binlog_state = "+dbconn.QuoteString(pos)); err != nil {
 			log.Warn("could not set gtid_binlog_state", "err", err.Error())
 		} else {
 			done = append(done, "gtid_binlog_state (after RESET MASTER)")
 		}
 	}
-	if _, err := db.ExecContext(ctx, "SET GLOBAL gtid_slave_pos = "+sqlString(pos)); err != nil {
+	if _, err := db.ExecContext(ctx, "SET GLOBAL gtid_slave_pos = "+dbconn.QuoteString(pos)); err != nil {
 		log.Warn("could not set gtid_slave_pos", "err", err.Error())
 	} else {
 		done = append(done, "gtid_slave_pos")
@@ -628,9 +627,4 @@ func recordGTID(ctx context.Context, db *sql.DB, pos string, log *slog.Logger) s
 		return "not recorded (privileges)"
 	}
 	return strings.Join(done, " and ")
-}
-
-func sqlString(s string) string {
-	r := strings.NewReplacer(`\`, `\\`, `'`, `\'`)
-	return "'" + r.Replace(s) + "'"
 }

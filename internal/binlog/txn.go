@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"unicode/utf8"
 
-	"github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/go-mysql-org/go-mysql/replication"
 )
 
@@ -97,7 +97,7 @@ func (g *Grouper) Feed(ev Event) (Role, error) {
 		}
 		gtid := ""
 		if ev.Header.Type == replication.GTID_EVENT {
-			gtid = mysqlGTID(e)
+			gtid = MySQLGTID(e)
 		}
 		g.open(ev, gtid)
 		g.cur.CommitID = uint64(e.LastCommitted)
@@ -136,7 +136,7 @@ func (g *Grouper) Feed(ev Event) (Role, error) {
 			return End, nil
 		}
 		if g.cur.Statement == "" {
-			g.cur.Statement = shorten(q, 200)
+			g.cur.Statement = Shorten(q, 200)
 			g.cur.DB = string(e.Schema)
 		}
 		if !g.sawBegin {
@@ -181,7 +181,9 @@ func (g *Grouper) Open() bool { return g.cur != nil }
 // Reset drops an unfinished group (after a torn tail or a reconnect).
 func (g *Grouper) Reset() { g.cur = nil }
 
-func mysqlGTID(e *replication.GTIDEvent) string {
+// MySQLGTID renders a MySQL GTID event's transaction id, uuid:gno ("" for
+// an anonymous transaction).
+func MySQLGTID(e *replication.GTIDEvent) string {
 	u := hex.EncodeToString(e.SID)
 	if len(u) != 32 {
 		return ""
@@ -189,69 +191,18 @@ func mysqlGTID(e *replication.GTIDEvent) string {
 	return fmt.Sprintf("%s-%s-%s-%s-%s:%d", u[0:8], u[8:12], u[12:16], u[16:20], u[20:32], e.GNO)
 }
 
-func shorten(s string, n int) string {
-	s = strings.Join(strings.Fields(s), " ")
-	if len(s) > n {
-		return s[:n] + "…"
+// Shorten folds a statement's white space and cuts it to about n bytes
+// (at a character boundary), for manifests, logs and error messages.
+func Shorten(stmt string, n int) string {
+	s := strings.Join(strings.Fields(stmt), " ")
+	if len(s) <= n {
+		return s
 	}
-	return s
-}
-
-// GTIDSet is a flavor's executed position: for MariaDB one GTID per domain
-// (gtid_binlog_pos style), for MySQL a set of UUID intervals.
-type GTIDSet struct {
-	flavor string
-	set    mysql.GTIDSet
-}
-
-// ParseGTIDSet reads a position in the flavor's syntax ("" is empty).
-func ParseGTIDSet(flavor, s string) (GTIDSet, error) {
-	set, err := mysql.ParseGTIDSet(flavor, strings.TrimSpace(s))
-	if err != nil {
-		return GTIDSet{}, fmt.Errorf("GTID set %q: %v", s, err)
+	cut := n
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
 	}
-	return GTIDSet{flavor: flavor, set: set}, nil
-}
-
-// Add advances the set past one transaction's GTID.
-func (s GTIDSet) Add(gtid string) error {
-	if gtid == "" {
-		return nil
-	}
-	return s.set.Update(gtid)
-}
-
-// Clone returns an independent copy.
-func (s GTIDSet) Clone() GTIDSet { return GTIDSet{flavor: s.flavor, set: s.set.Clone()} }
-
-// String renders the set in the server's own syntax, in a stable order.
-func (s GTIDSet) String() string {
-	if s.set == nil {
-		return ""
-	}
-	return s.set.String()
-}
-
-// Contains reports whether s includes all of o.
-func (s GTIDSet) Contains(o GTIDSet) bool { return s.set.Contain(o.set) }
-
-// Equal reports whether both sets are the same position.
-func (s GTIDSet) Equal(o GTIDSet) bool { return s.set.Equal(o.set) }
-
-// Raw is the go-mysql set, for BinlogSyncer.StartSyncGTID.
-func (s GTIDSet) Raw() mysql.GTIDSet { return s.set }
-
-// Flavor is "mariadb" or "mysql".
-func (s GTIDSet) Flavor() string { return s.flavor }
-
-// ContainsGTID reports whether the single transaction gtid is inside s
-// (MariaDB: same domain with a sequence number at or below the domain's).
-func (s GTIDSet) ContainsGTID(gtid string) bool {
-	one, err := mysql.ParseGTIDSet(s.flavor, gtid)
-	if err != nil {
-		return false
-	}
-	return s.set.Contain(one)
+	return s[:cut] + "…"
 }
 
 // Position is a point in the primary's history: the GTID set executed up
@@ -267,10 +218,4 @@ func (p Position) String() string {
 		return fmt.Sprintf("gtid %q", p.GTIDSet)
 	}
 	return fmt.Sprintf("gtid %q (%s:%d)", p.GTIDSet, p.File, p.Pos)
-}
-
-// SplitMariaDBGTID parses a MariaDB GTID, domain-server-sequence.
-func SplitMariaDBGTID(g string) (domain, server, seq uint64, ok bool) {
-	n, err := fmt.Sscanf(strings.TrimSpace(g), "%d-%d-%d", &domain, &server, &seq)
-	return domain, server, seq, err == nil && n == 3
 }

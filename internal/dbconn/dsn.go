@@ -196,12 +196,12 @@ func Open(ctx context.Context, role string, d DSN) (*sql.DB, error) {
 // credentials, unknown host) become usage errors; a server that does not
 // answer stays an operational error.
 func Explain(role string, d DSN, err error) error {
-	var me *mysql.MySQLError
 	var dnsErr *net.DNSError
+	_, msg, isServer := ServerError(err)
 	switch {
-	case errors.As(err, &me) && (me.Number == 1045 || me.Number == 1698):
+	case IsAccessDenied(err):
 		return usage.Errorf("%s %s: access denied for user %q: check the user and password in %s.dsn", role, d, d.User, role)
-	case errors.As(err, &me) && me.Number == 1130:
+	case IsHostNotAllowed(err):
 		return usage.Errorf("%s %s: this host may not connect as %q: grant access to the user from binvault's address", role, d, d.User)
 	case errors.As(err, &dnsErr):
 		return usage.Errorf("%s %s: host %q does not resolve: check the host in %s.dsn", role, d, d.Host, role)
@@ -209,8 +209,8 @@ func Explain(role string, d DSN, err error) error {
 		return fmt.Errorf("%s %s: connection refused: is the server running and listening on port %d? (%w)", role, d, d.Port, err)
 	case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
 		return fmt.Errorf("%s %s: no answer within %s: check the host, port and firewall (%w)", role, d, d.Timeout, err)
-	case errors.As(err, &me):
-		return fmt.Errorf("%s %s: %s", role, d, me.Message)
+	case isServer:
+		return fmt.Errorf("%s %s: %s", role, d, msg)
 	}
 	return fmt.Errorf("%s %s: %w", role, d, err)
 }

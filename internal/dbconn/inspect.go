@@ -93,6 +93,3 @@ func (si ServerInfo) SourceProblems() []string {
 	}
 	return p
 }
-
-// QuoteIdent quotes an identifier with backticks.
-func QuoteIdent(s string) string { return "`" + strings.ReplaceAll(s, "`", "``") + "`" }

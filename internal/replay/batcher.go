@@ -169,7 +169,9 @@ func (b *Batcher) add(stmt []byte, desc string) *stmtRef {
 	return &b.refs[len(b.refs)-1]
 }
 
-func (b *Batcher) addString(stmt string) *stmtRef { return b.add([]byte(stmt), shorten(stmt)) }
+func (b *Batcher) addString(stmt string) *stmtRef {
+	return b.add([]byte(stmt), binlog.Shorten(stmt, 200))
+}
 
 // end records that the current transaction is complete once the statement
 // just added succeeds (Replica), or joins the open group (Restore).
@@ -345,7 +347,7 @@ func (b *Batcher) begin(ctx context.Context, ev binlog.Event) error {
 	case *replication.GTIDEvent:
 		t.standalone = true
 		if ev.Header.Type == replication.GTID_EVENT {
-			t.GTID = mysqlGTIDString(e)
+			t.GTID = binlog.MySQLGTID(e)
 			setGTID = []string{fmt.Sprintf("SET @@SESSION.GTID_NEXT='%s'", t.GTID)}
 		} else {
 			setGTID = []string{"SET @@SESSION.GTID_NEXT='ANONYMOUS'"}
@@ -475,7 +477,7 @@ func (b *Batcher) query(ev binlog.Event, q *replication.QueryEvent, role binlog.
 			b.addString(s)
 		}
 	}
-	b.add(stmt, shorten(text))
+	b.add(stmt, binlog.Shorten(text, 200))
 	if logged {
 		b.addString("SET @@session.sql_log_bin=0")
 	}
@@ -603,20 +605,4 @@ func (b *Batcher) collation(id uint32) (string, string, bool) {
 	}
 	c, ok := b.colls[id]
 	return c[0], c[1], ok
-}
-
-func shorten(s string) string {
-	s = strings.Join(strings.Fields(s), " ")
-	if len(s) > 200 {
-		return s[:200] + "…"
-	}
-	return s
-}
-
-func mysqlGTIDString(e *replication.GTIDEvent) string {
-	if len(e.SID) != 16 {
-		return ""
-	}
-	u := fmt.Sprintf("%x", e.SID)
-	return fmt.Sprintf("%s-%s-%s-%s-%s:%d", u[0:8], u[8:12], u[12:16], u[16:20], u[20:32], e.GNO)
 }

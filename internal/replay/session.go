@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"math"
 	"strconv"
-	"strings"
 
 	"github.com/go-mysql-org/go-mysql/replication"
 
@@ -213,7 +212,7 @@ func (s *session) querySetup(h replication.EventHeader, q *replication.QueryEven
 		s.charset, s.charsetSet = c, true
 	}
 	if st.timeZone != "" && st.timeZone != s.timeZone {
-		out = append(out, "SET @@session.time_zone="+quote(st.timeZone))
+		out = append(out, "SET @@session.time_zone="+dbconn.QuoteString(st.timeZone))
 		s.timeZone = st.timeZone
 	}
 	if st.lcTimeSet && st.lcTimeNames != s.lcTimeNames {
@@ -334,9 +333,4 @@ func userVarStatement(body []byte, collation func(uint32) (charset, name string,
 		return "SET @" + name + ":=" + strconv.FormatInt(int64(u), 10), nil
 	}
 	return "", fmt.Errorf("user variable @%s has a value type (%d) binvault cannot replay yet", name, typ)
-}
-
-func quote(s string) string {
-	r := strings.NewReplacer(`\`, `\\`, `'`, `\'`)
-	return "'" + r.Replace(s) + "'"
 }
