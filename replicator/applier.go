@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,6 +18,7 @@ import (
 	"github.com/binvault/binvault/internal/dbconn"
 	"github.com/binvault/binvault/internal/metrics"
 	"github.com/binvault/binvault/internal/replay"
+	"github.com/binvault/binvault/internal/retry"
 	"github.com/binvault/binvault/internal/usage"
 	"github.com/binvault/binvault/storage"
 )
@@ -31,14 +31,17 @@ type ApplierOptions struct {
 	Delay         time.Duration
 	AllowWritable bool
 	// BatchTxns and BatchBytes bound one round trip: that many source
-	// transactions, or that many bytes of statements, whichever comes first.
+	// transactions, or that many bytes of statements, whichever comes
+	// first (zero: replay.DefaultReplicaBatchTxns, DefaultBatchBytes).
 	BatchTxns  int
 	BatchBytes int
 	// StateDir keeps the applier's connection id, so a restarted daemon can
 	// stop a packet its predecessor left running on the replica.
 	StateDir string
-	Metrics  *metrics.Metrics
-	Log      *slog.Logger
+	// Retry is the reconnect backoff (zero: retry.Default).
+	Retry   retry.Policy
+	Metrics *metrics.Metrics
+	Log     *slog.Logger
 }
 
 // Applier keeps a replica identical to the primary by replaying each source
@@ -78,12 +81,6 @@ type ApplyError = replay.ApplyError
 
 // NewApplier prepares an applier; ReplicaPreflight should have passed.
 func NewApplier(o ApplierOptions, flavor string, sp *Spool, st storage.Store) *Applier {
-	if o.BatchTxns <= 0 {
-		o.BatchTxns = 256 // across an 80 ms round trip: room for thousands of transactions/s
-	}
-	if o.BatchBytes <= 0 {
-		o.BatchBytes = 4 << 20
-	}
 	return &Applier{opts: o, spool: sp, store: st, flavor: flavor, filter: replay.NewFilter(o.Include, o.Exclude)}
 }
 
@@ -191,7 +188,7 @@ func (a *Applier) TxnsBehind() float64 {
 // (*ApplyError), or the replica's state forbids going on (a usage error).
 // Connection problems are retried with backoff.
 func (a *Applier) Run(ctx context.Context) error {
-	backoff := time.Second
+	b := a.opts.Retry.Start()
 	for {
 		started := time.Now()
 		err := a.session(ctx)
@@ -212,15 +209,11 @@ func (a *Applier) Run(ctx context.Context) error {
 		a.lastErr = err.Error()
 		a.mu.Unlock()
 		if time.Since(started) > time.Minute {
-			backoff = time.Second
+			b.Reset()
 		}
-		a.opts.Log.Warn("replica applier interrupted; reconnecting", "err", err.Error(), "retry_in", backoff.String())
-		select {
-		case <-ctx.Done():
+		if b.Wait(ctx, a.opts.Log, "replica applier interrupted; reconnecting", "err", err.Error()) != nil {
 			return nil
-		case <-time.After(backoff + rand.N(backoff/4+1)):
 		}
-		backoff = min(backoff*2, 30*time.Second)
 	}
 }
 

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -19,6 +18,7 @@ import (
 	"github.com/binvault/binvault/internal/binlog"
 	"github.com/binvault/binvault/internal/dbconn"
 	"github.com/binvault/binvault/internal/metrics"
+	"github.com/binvault/binvault/internal/retry"
 	"github.com/binvault/binvault/internal/usage"
 )
 
@@ -33,8 +33,10 @@ type SourceOptions struct {
 	// Heartbeat is the primary's heartbeat period; the link is declared dead
 	// after three missed heartbeats.
 	Heartbeat time.Duration
-	Metrics   *metrics.Metrics
-	Log       *slog.Logger
+	// Retry is the reconnect backoff (zero: retry.Default).
+	Retry   retry.Policy
+	Metrics *metrics.Metrics
+	Log     *slog.Logger
 }
 
 // Source streams from the primary into a spool.
@@ -220,7 +222,7 @@ func NewSource(o SourceOptions, info dbconn.ServerInfo, spool *Spool) *Source {
 // fix (purged binlog, privileges, settings changed) end it with a usage error.
 func (s *Source) Run(ctx context.Context) error {
 	m := s.opts.Metrics
-	backoff := time.Second
+	b := s.opts.Retry.Start()
 	for {
 		s.connected.Store(false)
 		err := s.stream(ctx)
@@ -241,16 +243,12 @@ func (s *Source) Run(ctx context.Context) error {
 		}
 		if wasConnected {
 			// The stream worked until now: the first retry comes quickly.
-			backoff = time.Second
+			b.Reset()
 		}
-		s.opts.Log.Warn("binlog stream interrupted; reconnecting", "err", err.Error(), "retry_in", backoff.String())
 		m.SourceReconnects.Inc()
-		select {
-		case <-ctx.Done():
+		if b.Wait(ctx, s.opts.Log, "binlog stream interrupted; reconnecting", "err", err.Error()) != nil {
 			return nil
-		case <-time.After(backoff + rand.N(backoff/4+1)):
 		}
-		backoff = min(backoff*2, 30*time.Second)
 	}
 }
 

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/binvault/binvault/internal/archive"
 	"github.com/binvault/binvault/internal/metrics"
+	"github.com/binvault/binvault/internal/retry"
 	"github.com/binvault/binvault/storage"
 )
 
@@ -42,8 +42,11 @@ type Options struct {
 	CatalogInterval time.Duration
 	// Uploaded, when set, is called after each segment is safely stored.
 	Uploaded func(archive.Segment)
-	Metrics  *metrics.Metrics
-	Log      *slog.Logger
+	// Retry is the backoff between failed store requests (zero:
+	// retry.Default); tests shorten it.
+	Retry   retry.Policy
+	Metrics *metrics.Metrics
+	Log     *slog.Logger
 }
 
 // Archiver uploads segments in order, exactly once each, and keeps the catalog.
@@ -77,7 +80,7 @@ func New(st storage.Store, src SegmentSource, o Options) *Archiver {
 // init learns where the archive ends and which manifests no catalog
 // object holds yet, retrying while the store is unreachable.
 func (a *Archiver) init(ctx context.Context) error {
-	backoff := time.Second
+	b := a.opts.Retry.Start()
 	for {
 		ix, err := archive.Load(ctx, a.store, true)
 		if err == nil {
@@ -105,13 +108,9 @@ func (a *Archiver) init(ctx context.Context) error {
 		a.mu.Lock()
 		a.lastErr = err.Error()
 		a.mu.Unlock()
-		a.opts.Log.Warn("cannot read the archive's state; retrying", "err", err.Error(), "retry_in", backoff.String())
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(backoff):
+		if err := b.Wait(ctx, a.opts.Log, "cannot read the archive's state; retrying", "err", err.Error()); err != nil {
+			return err
 		}
-		backoff = min(backoff*2, 30*time.Second)
 	}
 }
 
@@ -206,7 +205,7 @@ func (a *Archiver) reconcile(ctx context.Context) error {
 
 func (a *Archiver) uploadClosed(ctx context.Context, retry bool) error {
 	for _, seg := range a.src.Closed(a.uploaded) {
-		backoff := time.Second
+		b := a.opts.Retry.Start()
 		for {
 			err := a.upload(ctx, seg)
 			if err == nil {
@@ -222,13 +221,9 @@ func (a *Archiver) uploadClosed(ctx context.Context, retry bool) error {
 			if errors.Is(err, ErrConflict) || !retry {
 				return err
 			}
-			a.opts.Log.Warn("segment upload failed; retrying", "segment", seg.Seq, "err", err.Error(), "retry_in", backoff.String())
-			select {
-			case <-ctx.Done():
+			if b.Wait(ctx, a.opts.Log, "segment upload failed; retrying", "segment", seg.Seq, "err", err.Error()) != nil {
 				return nil
-			case <-time.After(backoff + rand.N(backoff/4+1)):
 			}
-			backoff = min(backoff*2, 30*time.Second)
 		}
 	}
 	return nil
