@@ -65,13 +65,27 @@ type Spool struct {
 	// applier that falls further behind reads it from the archive, so a
 	// slow or unreachable replica never grows the spool.
 	archived uint64
+	// arrived is when the first transaction of each closed segment was
+	// whole in the spool (monotonic clock; for segments recovered at start,
+	// their commit time): the live RPO counts from there.
+	arrived map[uint64]time.Time
+	// uploadEstimate says how long the store takes to make a closed segment
+	// durable; a segment closes that much before its RPO deadline.
+	uploadEstimate func() time.Duration
 }
 
-// SpoolLimits says when the open segment is closed.
+// SpoolLimits says when the open segment is closed: at SegmentMaxBytes, at
+// the latest FlushInterval after it opened, and early enough that its first
+// transaction reaches the store within RPOTarget of its arrival (given the
+// recent upload time, SetUploadEstimate).
 type SpoolLimits struct {
 	SegmentMaxBytes int64
 	FlushInterval   time.Duration
+	RPOTarget       time.Duration // 0: FlushInterval alone decides
 }
+
+// defaultUploadEstimate is assumed before the first upload is measured.
+const defaultUploadEstimate = 50 * time.Millisecond
 
 type openSegment struct {
 	seq       uint64
@@ -82,6 +96,7 @@ type openSegment struct {
 	durable   int64  // what readers may read: committed, once a transaction is fsync'd
 	hashState []byte // h's state at committed
 	opened    time.Time
+	arrived   time.Time // when the first transaction became durable here
 	meta      archive.Segment
 	tables    map[string]struct{}
 	set       binlog.GTIDSet // position after the last committed transaction
@@ -92,7 +107,7 @@ func OpenSpool(dir, flavor string, limits SpoolLimits, log *slog.Logger) (*Spool
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("spool.dir %s: %w", dir, err)
 	}
-	s := &Spool{dir: dir, flavor: flavor, limits: limits, log: log, changed: make(chan struct{})}
+	s := &Spool{dir: dir, flavor: flavor, limits: limits, log: log, changed: make(chan struct{}), arrived: map[uint64]time.Time{}}
 	if err := s.recover(); err != nil {
 		return nil, fmt.Errorf("recover spool %s: %w", dir, err)
 	}
@@ -128,6 +143,7 @@ func (s *Spool) recover() error {
 				return err
 			}
 			s.closed = append(s.closed, &m)
+			s.arrived[m.Seq] = m.FirstTime
 		case "start.json":
 			starts[seq] = true
 		case "binlog":
@@ -216,7 +232,7 @@ func (s *Spool) recoverOpen(seq uint64) error {
 		return err
 	}
 	o := &openSegment{seq: seq, f: f, h: sha256.New(), tables: map[string]struct{}{}, opened: time.Now()}
-	o.meta = archive.Segment{Format: archive.FormatVersion, Seq: seq, Source: st.Source, Start: st.Start}
+	o.meta = archive.Segment{Format: archive.SegmentFormat, Seq: seq, Source: st.Source, Start: st.Start}
 	set, err := binlog.ParseGTIDSet(s.flavor, st.Start.GTIDSet)
 	if err != nil {
 		f.Close()
@@ -286,6 +302,7 @@ func (s *Spool) recoverOpen(seq uint64) error {
 		return err
 	}
 	o.committed, o.durable = committed, committed
+	o.arrived = o.meta.FirstTime
 	o.hashState = marshalHash(o.h)
 	o.w = bufio.NewWriterSize(f, 256<<10)
 	end.File = st.File
@@ -420,7 +437,7 @@ func (s *Spool) createLocked(ts uint32) error {
 		return err
 	}
 	o := &openSegment{seq: seq, f: f, w: bufio.NewWriterSize(f, 256<<10), h: sha256.New(), opened: time.Now(), tables: map[string]struct{}{}}
-	o.meta = archive.Segment{Format: archive.FormatVersion, Seq: seq, Source: s.source, Start: s.end, End: s.end}
+	o.meta = archive.Segment{Format: archive.SegmentFormat, Seq: seq, Source: s.source, Start: s.end, End: s.end}
 	o.set = s.endSet.Clone()
 	for _, b := range [][]byte{binlog.Magic, s.fde} {
 		o.w.Write(b)
@@ -463,15 +480,54 @@ func (s *Spool) commitLocked(t *binlog.Txn) error {
 	o.committed += t.Bytes
 	o.durable = o.committed
 	o.hashState = marshalHash(o.h)
+	if o.meta.Txns == 0 {
+		o.arrived = time.Now()
+	}
 	o.addTxn(t)
 	s.txns++
 	o.meta.End = binlog.Position{GTIDSet: o.set.String(), File: s.curFile, Pos: t.EndLogPos}
 	s.end, s.endSet = o.meta.End, o.set.Clone()
 	s.notifyLocked()
-	if o.committed >= s.limits.SegmentMaxBytes || time.Since(o.opened) >= s.limits.FlushInterval {
+	if d := s.deadlineLocked(); o.committed >= s.limits.SegmentMaxBytes || !d.IsZero() && !time.Now().Before(d) {
 		return s.closeOpenLocked()
 	}
 	return nil
+}
+
+// deadlineLocked is when the open segment must close: FlushInterval after
+// it opened, or earlier, so that its first transaction is in the store
+// RPOTarget after it arrived, if the upload takes as long as recent ones.
+// Under a steady load that makes about one segment (one PUT) per
+// RPOTarget; an idle spool has no open segment and makes none.
+func (s *Spool) deadlineLocked() time.Time {
+	o := s.open
+	var d time.Time // zero: none yet
+	if s.limits.FlushInterval > 0 {
+		d = o.opened.Add(s.limits.FlushInterval)
+	}
+	if s.limits.RPOTarget > 0 && !o.arrived.IsZero() {
+		up := defaultUploadEstimate
+		if s.uploadEstimate != nil {
+			if e := s.uploadEstimate(); e > 0 {
+				up = e
+			}
+		}
+		// A store slower than half the target cannot meet it: closing
+		// after every transaction would only multiply the requests.
+		up = min(up, s.limits.RPOTarget/2)
+		if due := o.arrived.Add(s.limits.RPOTarget - up); d.IsZero() || due.Before(d) {
+			d = due
+		}
+	}
+	return d
+}
+
+// SetUploadEstimate tells the spool how long making a segment durable in
+// the store takes now (the archiver measures it).
+func (s *Spool) SetUploadEstimate(f func() time.Duration) {
+	s.mu.Lock()
+	s.uploadEstimate = f
+	s.mu.Unlock()
 }
 
 func (o *openSegment) addTxn(t *binlog.Txn) {
@@ -520,25 +576,29 @@ func (o *openSegment) rollback() error {
 	return nil
 }
 
-// Tick closes the open segment once it is FlushInterval old, unless a
+// Tick closes the open segment once its deadline has come, unless a
 // transaction is being written; call it while the stream is idle.
 func (s *Spool) Tick() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.open != nil && !s.txnOpen && time.Since(s.open.opened) >= s.limits.FlushInterval {
+	if s.open == nil || s.txnOpen {
+		return nil
+	}
+	if d := s.deadlineLocked(); !d.IsZero() && !time.Now().Before(d) {
 		return s.closeOpenLocked()
 	}
 	return nil
 }
 
-// FlushDeadline is when the open segment must be closed, or zero when none is open.
+// FlushDeadline is when the open segment must be closed, or zero when none
+// is open or it has no deadline yet (its first transaction is not whole).
 func (s *Spool) FlushDeadline() time.Time {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.open == nil {
 		return time.Time{}
 	}
-	return s.open.opened.Add(s.limits.FlushInterval)
+	return s.deadlineLocked()
 }
 
 // Flush closes the open segment if it holds a whole transaction (on
@@ -595,6 +655,7 @@ func (s *Spool) closeOpenLocked() error {
 	}
 	os.Remove(s.path(o.seq, ".start.json"))
 	s.closed = append(s.closed, &m)
+	s.arrived[o.seq] = o.arrived
 	s.open = nil
 	s.notifyLocked()
 	return nil
@@ -699,27 +760,30 @@ func (s *Spool) removeLocked(seq uint64) error {
 				return err
 			}
 			s.closed = append(s.closed[:i], s.closed[i+1:]...)
+			delete(s.arrived, seq)
 			return nil
 		}
 	}
 	return nil
 }
 
-// OldestUnarchived is the commit time of the oldest transaction in the
-// spool that the archiver has not stored yet; false when there is none.
-// Its age is the live RPO: what losing this host now would lose.
-func (s *Spool) OldestUnarchived() (time.Time, bool) {
+// OldestUnarchived is when the oldest transaction in the spool that the
+// archiver has not stored yet arrived here (monotonic clock), and its
+// commit time on the primary (whole seconds); false when there is none.
+// The age of the first is the live RPO: what losing this host now would
+// lose. The age of the second adds the primary's delay in sending it.
+func (s *Spool) OldestUnarchived() (arrived, committed time.Time, ok bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, m := range s.closed {
 		if m.Seq > s.archived && m.Txns > 0 {
-			return m.FirstTime, true
+			return s.arrived[m.Seq], m.FirstTime, true
 		}
 	}
 	if s.open != nil && s.open.meta.Txns > 0 {
-		return s.open.meta.FirstTime, true
+		return s.open.arrived, s.open.meta.FirstTime, true
 	}
-	return time.Time{}, false
+	return time.Time{}, time.Time{}, false
 }
 
 // Segments is the number of closed segments still in the spool.

@@ -321,3 +321,68 @@ func readTxnGTIDs(t *testing.T, path string) []string {
 		}
 	}
 }
+
+func TestSpoolClosesByRPODeadline(t *testing.T) {
+	evs := primaryEvents(t, 6)
+	ends := txnEnds(t, evs)
+	s := openTestSpool(t, t.TempDir(), SpoolLimits{SegmentMaxBytes: 1 << 30, RPOTarget: 400 * time.Millisecond})
+	defer s.Close()
+	s.Start(binlog.Position{}, 1)
+	upload := 150 * time.Millisecond
+	s.SetUploadEstimate(func() time.Duration { return upload })
+	appendTxns := func(from, to int) {
+		start := 0
+		if from > 0 {
+			start = ends[from-1]
+		}
+		for _, ev := range evs[start:ends[to-1]] {
+			if err := s.Append(ev); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if !s.FlushDeadline().IsZero() {
+		t.Fatal("a deadline without an open segment")
+	}
+	before := time.Now()
+	appendTxns(0, 1) // DDL: the first transaction arrives
+	after := time.Now()
+	arrived, _, ok := s.OldestUnarchived()
+	if !ok || arrived.Before(before) || arrived.After(after) {
+		t.Fatalf("oldest unarchived arrived at %v, want between %v and %v", arrived, before, after)
+	}
+	// Closed early enough that the upload ends by the RPO target.
+	if d := s.FlushDeadline().Sub(arrived); d != 400*time.Millisecond-upload {
+		t.Fatalf("deadline %v after the first arrival, want %v", d, 400*time.Millisecond-upload)
+	}
+	appendTxns(1, 2)
+	if len(s.Closed(0)) != 0 {
+		t.Fatal("closed before its deadline")
+	}
+	time.Sleep(time.Until(s.FlushDeadline()) + 10*time.Millisecond)
+	appendTxns(2, 3) // the commit after the deadline closes the segment
+	if c := s.Closed(0); len(c) != 1 || c[0].Txns != 3 {
+		t.Fatalf("closed segments %+v, want one of 3 transactions", c)
+	}
+	if !s.FlushDeadline().IsZero() {
+		t.Fatal("an idle spool has a deadline: it would make a segment of nothing")
+	}
+	// A store slower than half the target: closing at half the target,
+	// not after every transaction.
+	upload = 10 * time.Second
+	appendTxns(3, 4)
+	if err := s.Archived(1); err != nil {
+		t.Fatal(err)
+	}
+	arrived, _, _ = s.OldestUnarchived()
+	if d := s.FlushDeadline().Sub(arrived); d != 200*time.Millisecond {
+		t.Fatalf("deadline %v after arrival with a slow store, want half the target (200ms)", d)
+	}
+	time.Sleep(time.Until(s.FlushDeadline()) + 10*time.Millisecond)
+	if err := s.Tick(); err != nil { // idle stream: the source ticks at the deadline
+		t.Fatal(err)
+	}
+	if c := s.Closed(1); len(c) != 1 || c[0].Txns != 1 {
+		t.Fatalf("closed after segment 1: %+v, want one segment of 1 transaction", c)
+	}
+}

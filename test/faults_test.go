@@ -510,16 +510,6 @@ func TestSegmentsAreReadableByMariadbBinlog(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var m archive.Segment
-		mb, err := os.ReadFile(strings.TrimSuffix(obj, ".binlog.zst") + ".json")
-		if err != nil {
-			t.Fatalf("%s has no manifest: %v", name, err)
-		}
-		// The manifest is stored with its own checksum trailer.
-		if err := json.Unmarshal(mb[:len(mb)-storage.TrailerSize], &m); err != nil {
-			t.Fatalf("manifest of %s: %v", name, err)
-		}
-
 		// The trailer: a zstd skippable frame holding the content's SHA-256.
 		n := len(raw) - storage.TrailerSize
 		tr := raw[n:]
@@ -527,8 +517,29 @@ func TestSegmentsAreReadableByMariadbBinlog(t *testing.T) {
 			t.Fatalf("%s: trailer is not a binvault skippable frame: %x", name, tr[:16])
 		}
 		sum := sha256.Sum256(raw[:n])
-		if hex.EncodeToString(tr[16:]) != hex.EncodeToString(sum[:]) || m.StoredSHA256 != hex.EncodeToString(sum[:]) || m.StoredBytes != int64(n) {
-			t.Fatalf("%s: trailer digest %x, content digest %x, manifest %s (%d bytes of %d)", name, tr[16:], sum, m.StoredSHA256, m.StoredBytes, n)
+		if hex.EncodeToString(tr[16:]) != hex.EncodeToString(sum[:]) {
+			t.Fatalf("%s: trailer digest %x, content digest %x", name, tr[16:], sum)
+		}
+		// The manifest at the head, read as docs/archive-format.md §3.2
+		// says: a skippable frame 0x184D2A5A, "BVSEGMAN", the JSON's
+		// SHA-256, the JSON.
+		if binary.LittleEndian.Uint32(raw[0:4]) != 0x184D2A5A || string(raw[8:16]) != "BVSEGMAN" {
+			t.Fatalf("%s: does not start with a segment header: %x", name, raw[:16])
+		}
+		frame := 8 + int(binary.LittleEndian.Uint32(raw[4:8]))
+		js := raw[48:frame]
+		if h := sha256.Sum256(js); !bytes.Equal(h[:], raw[16:48]) {
+			t.Fatalf("%s: header JSON does not match its SHA-256", name)
+		}
+		var m archive.Segment
+		if err := json.Unmarshal(js, &m); err != nil {
+			t.Fatalf("manifest of %s: %v", name, err)
+		}
+		if m.Format != 2 || fmt.Sprintf("%016d.binlog.zst", m.Seq) != name {
+			t.Fatalf("%s: header names format %d, segment %d", name, m.Format, m.Seq)
+		}
+		if _, err := os.Stat(strings.TrimSuffix(obj, ".binlog.zst") + ".json"); !os.IsNotExist(err) {
+			t.Fatalf("%s: a separate manifest object exists (%v): one object per segment", name, err)
 		}
 
 		// A stock zstd decoder reads the object as stored, trailer included.

@@ -14,7 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
-		"github.com/binvault/binvault/internal/archive"
+	"github.com/binvault/binvault/internal/archive"
 	"github.com/binvault/binvault/internal/binlog"
 	"github.com/binvault/binvault/internal/config"
 	"github.com/binvault/binvault/internal/dbconn"
@@ -117,7 +117,7 @@ func (d *daemon) setup(ctx context.Context, startFrom string) error {
 		return usage.Wrap(err)
 	}
 	d.info = info
-	limits := replicator.SpoolLimits{SegmentMaxBytes: int64(cfg.Archive.SegmentMaxBytes), FlushInterval: cfg.Archive.FlushInterval.D()}
+	limits := replicator.SpoolLimits{SegmentMaxBytes: int64(cfg.Archive.SegmentMaxBytes), FlushInterval: cfg.Archive.FlushInterval.D(), RPOTarget: cfg.Archive.RPOTarget.D()}
 	d.spool, err = replicator.OpenSpool(cfg.Spool.Dir, info.Flavor, limits, d.log)
 	if err != nil {
 		return err
@@ -136,6 +136,7 @@ func (d *daemon) setup(ctx context.Context, startFrom string) error {
 		// The state file follows each upload at once, so status never shows
 		// the archive behind what the store already holds.
 		Uploaded: func(archive.Segment) { d.writeState(true) }})
+	d.spool.SetUploadEstimate(d.archiver.UploadEstimate)
 	if r := cfg.Replica; r != nil {
 		rdsn, err := dbconn.Parse(r.DSN)
 		if err != nil {
@@ -196,7 +197,13 @@ func (d *daemon) run(ctx context.Context) error {
 		Bytes:    func() float64 { return float64(d.spool.Bytes()) },
 		Segments: func() float64 { return float64(d.spool.Segments()) },
 		RPO: func() float64 {
-			if t, ok := d.spool.OldestUnarchived(); ok {
+			if t, _, ok := d.spool.OldestUnarchived(); ok {
+				return max(0, time.Since(t).Seconds())
+			}
+			return 0
+		},
+		CommitAge: func() float64 {
+			if _, t, ok := d.spool.OldestUnarchived(); ok {
 				return max(0, time.Since(t).Seconds())
 			}
 			return 0
@@ -344,10 +351,12 @@ func (d *daemon) serveHTTP() (*http.Server, error) {
 	return srv, nil
 }
 
-// rpoLimit is the RPO past which the daemon is not ready: five flush
-// intervals, at least 10 s.
+// rpoLimit is the RPO past which the daemon is not ready: five times what
+// it should be (the longer of the RPO target and the flush interval), at
+// least 10 s.
 func (d *daemon) rpoLimit() time.Duration {
-	return max(10*time.Second, 5*d.cfg.Archive.FlushInterval.D())
+	a := d.cfg.Archive
+	return max(10*time.Second, 5*max(a.FlushInterval.D(), a.RPOTarget.D()))
 }
 
 // unready lists why the daemon is not doing its job right now.

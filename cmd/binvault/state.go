@@ -38,7 +38,10 @@ type daemonState struct {
 		NewestTxnTime *time.Time      `json:"newest_transaction_time,omitempty"`
 		NewestTxnAge  float64         `json:"newest_transaction_age_seconds,omitempty"`
 		RPOSeconds    float64         `json:"rpo_seconds"`
-		LastError     string          `json:"last_error,omitempty"`
+		// CommitAgeSeconds: the same transaction's age from its commit on
+		// the primary (whole-second binlog timestamps): end to end.
+		CommitAgeSeconds float64 `json:"unarchived_commit_age_seconds"`
+		LastError        string  `json:"last_error,omitempty"`
 	} `json:"archive"`
 	Replica *replicaState `json:"replica,omitempty"`
 	// Backup: the scheduled backups (backup.schedule), when configured.
@@ -79,8 +82,9 @@ func (d *daemon) state() daemonState {
 		st.Archive.NewestTxnTime = &t
 		st.Archive.NewestTxnAge = time.Since(t).Seconds()
 	}
-	if t, ok := d.spool.OldestUnarchived(); ok {
-		st.Archive.RPOSeconds = max(0, time.Since(t).Seconds())
+	if arrived, committed, ok := d.spool.OldestUnarchived(); ok {
+		st.Archive.RPOSeconds = max(0, time.Since(arrived).Seconds())
+		st.Archive.CommitAgeSeconds = max(0, time.Since(committed).Seconds())
 	}
 	st.Archive.LastError = d.archiver.LastError()
 	if d.applier != nil {

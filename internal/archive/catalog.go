@@ -205,8 +205,23 @@ func WriteCatalog(ctx context.Context, st storage.Store, level int, segs []Segme
 	return key, nil
 }
 
-// ReadManifest fetches one segment manifest.
+// ReadManifest fetches segment seq's manifest: from the head of its
+// object (format 2), or from its manifest object (format 1). A segment
+// without either does not exist: an error wrapping storage.ErrNotFound.
 func ReadManifest(ctx context.Context, st storage.Store, seq uint64) (*Segment, error) {
+	key := SegmentKey(seq)
+	m, err := ReadHeader(ctx, st, key)
+	switch {
+	case err == nil:
+		return m, checkManifest(m, seq, key)
+	case errors.Is(err, ErrNoHeader) || errors.Is(err, storage.ErrNotFound):
+		return readManifestObject(ctx, st, seq)
+	}
+	return nil, err
+}
+
+// readManifestObject reads a format-1 manifest object.
+func readManifestObject(ctx context.Context, st storage.Store, seq uint64) (*Segment, error) {
 	b, err := storage.ReadAll(ctx, st, ManifestKey(seq))
 	if err != nil {
 		return nil, err
@@ -215,13 +230,17 @@ func ReadManifest(ctx context.Context, st storage.Store, seq uint64) (*Segment, 
 	if err := json.Unmarshal(b, &m); err != nil {
 		return nil, fmt.Errorf("manifest %s: %w", ManifestKey(seq), err)
 	}
-	if m.Format != FormatVersion {
-		return nil, fmt.Errorf("manifest %s has format %d; this binvault reads format %d: upgrade binvault", ManifestKey(seq), m.Format, FormatVersion)
+	return &m, checkManifest(&m, seq, ManifestKey(seq))
+}
+
+func checkManifest(m *Segment, seq uint64, key string) error {
+	if m.Format != SegmentFormat && m.Format != SegmentFormatOwnFile {
+		return fmt.Errorf("manifest %s has format %d; this binvault reads formats %d and %d: upgrade binvault", key, m.Format, SegmentFormatOwnFile, SegmentFormat)
 	}
 	if m.Seq != seq {
-		return nil, fmt.Errorf("manifest %s names segment %d", ManifestKey(seq), m.Seq)
+		return fmt.Errorf("manifest %s names segment %d", key, m.Seq)
 	}
-	return &m, nil
+	return nil
 }
 
 // Index is what readers know of the archive: every segment's manifest, in
@@ -291,13 +310,16 @@ func load(ctx context.Context, st storage.Store, tailOnly bool) (*Index, error) 
 	if ix.Floor > 0 {
 		after = max(after, ix.Floor-1)
 	}
-	tail, err := tailSeqs(ctx, st, after)
+	tail, err := listTail(ctx, st, after)
 	if err != nil {
 		return nil, err
 	}
 	ix.Requests++
-	for _, seq := range tail {
-		m, err := ReadManifest(ctx, st, seq)
+	for _, t := range tail {
+		m, err := t.manifest(ctx, st)
+		if errors.Is(err, ErrNoHeader) {
+			continue // a format-1 upload interrupted before its manifest
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -307,23 +329,53 @@ func load(ctx context.Context, st storage.Store, tailOnly bool) (*Index, error) 
 	return ix, nil
 }
 
-// tailSeqs lists the manifests after seq after.
-func tailSeqs(ctx context.Context, st storage.Store, after uint64) ([]uint64, error) {
-	var seqs []uint64
+// tailEntry is one segment of the listing after the catalog.
+type tailEntry struct {
+	seq     uint64
+	object  storage.ObjectInfo
+	ownFile bool // a format-1 manifest object exists
+}
+
+// manifest reads the entry's manifest the cheapest way the listing allows.
+func (t tailEntry) manifest(ctx context.Context, st storage.Store) (*Segment, error) {
+	if t.ownFile {
+		return readManifestObject(ctx, st, t.seq)
+	}
+	m, err := ReadHeader(ctx, st, t.object.Key)
+	if err != nil {
+		return nil, err
+	}
+	m.StoredBytes, m.StoredSHA256 = t.object.Size, t.object.SHA256
+	return m, checkManifest(m, t.seq, t.object.Key)
+}
+
+// listTail lists the segments after seq after, in order.
+func listTail(ctx context.Context, st storage.Store, after uint64) ([]tailEntry, error) {
+	var out []tailEntry
 	start := ""
 	if after > 0 {
-		start = ManifestKey(after)
+		start = ManifestKey(after) // sorts after both keys of segment after
 	}
 	err := storage.ListAfter(ctx, st, SegmentsPrefix, start, func(oi storage.ObjectInfo) error {
-		if seq, manifest, ok := ParseSegmentsKey(oi.Key); ok && manifest && seq > after {
-			seqs = append(seqs, seq)
+		seq, manifest, ok := ParseSegmentsKey(oi.Key)
+		if !ok || seq <= after {
+			return nil
+		}
+		if n := len(out); n == 0 || out[n-1].seq != seq {
+			out = append(out, tailEntry{seq: seq})
+		}
+		e := &out[len(out)-1]
+		if manifest {
+			e.ownFile = true
+		} else {
+			e.object = oi
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("list segments: %w", err)
 	}
-	return seqs, nil
+	return out, nil
 }
 
 // Chain checks that segments follow each other without gap or overlap and

@@ -13,8 +13,16 @@ import (
 	"github.com/binvault/binvault/internal/binlog"
 )
 
-// FormatVersion is written into every manifest and catalog object.
-const FormatVersion = 1
+// Formats. A catalog object and a floor marker have format 1. A segment's
+// manifest has format 2 when it travels at the head of the segment object
+// (header.go: one object, one PUT per segment) and format 1 when it is a
+// separate object written after the segment (archives written before);
+// readers take both.
+const (
+	FormatVersion        = 1 // catalog objects, floor markers
+	SegmentFormat        = 2 // manifests binvault writes now
+	SegmentFormatOwnFile = 1 // manifests as objects of their own
+)
 
 // Key prefixes.
 const (
@@ -25,7 +33,8 @@ const (
 // SegmentKey is the object holding segment seq: a zstd-compressed binlog file.
 func SegmentKey(seq uint64) string { return fmt.Sprintf("%s%016d.binlog.zst", SegmentsPrefix, seq) }
 
-// ManifestKey is the segment's manifest, written after the segment.
+// ManifestKey is a format-1 segment's manifest object, written after the
+// segment; format-2 segments carry their manifest inside (header.go).
 func ManifestKey(seq uint64) string { return fmt.Sprintf("%s%016d.json", SegmentsPrefix, seq) }
 
 // ParseSegmentsKey returns the seq of a segments/ key and whether it is a manifest.

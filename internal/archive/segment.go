@@ -1,6 +1,7 @@
 package archive
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -108,7 +109,10 @@ func VerifySegment(ctx context.Context, st storage.Store, seg Segment) error {
 		return err
 	}
 	defer rc.Close()
-	key := SegmentKey(seg.Seq)
+	key := seg.Key
+	if key == "" {
+		key = SegmentKey(seg.Seq)
+	}
 	damaged := func(format string, args ...any) error {
 		return &DamageError{Key: key, Reason: fmt.Sprintf(format, args...)}
 	}
@@ -153,6 +157,18 @@ func VerifySegment(ctx context.Context, st storage.Store, seg Segment) error {
 	}
 	if txns != seg.Txns || first != seg.FirstGTID || last != seg.LastGTID {
 		return damaged("holds %d transactions %s..%s, the manifest says %d, %s..%s", txns, first, last, seg.Txns, seg.FirstGTID, seg.LastGTID)
+	}
+	if seg.Format == SegmentFormat {
+		// The header and the catalog's copy must agree (§5).
+		h, err := ReadHeader(ctx, st, key)
+		if err != nil {
+			return err
+		}
+		a, _ := EncodeHeader(*h)
+		b, _ := EncodeHeader(seg)
+		if !bytes.Equal(a, b) {
+			return damaged("the manifest at its head differs from the catalog's copy")
+		}
 	}
 	return nil
 }

@@ -60,8 +60,13 @@ type Spool struct {
 }
 
 type Archive struct {
-	SegmentMaxBytes Size     `yaml:"segment_max_bytes"`
-	FlushInterval   Duration `yaml:"flush_interval"`
+	SegmentMaxBytes Size `yaml:"segment_max_bytes"`
+	// FlushInterval, when set, closes a segment at the latest this long
+	// after it opened; 0 leaves it to RPOTarget.
+	FlushInterval Duration `yaml:"flush_interval"`
+	// RPOTarget closes a segment early enough that its oldest transaction
+	// is in the store this long after it reached binvault.
+	RPOTarget Duration `yaml:"rpo_target"`
 }
 
 type Backup struct {
@@ -84,16 +89,29 @@ type HTTP struct {
 	Listen string `yaml:"listen"`
 }
 
+// Defaults, one block: what a key the file leaves out means.
+// configs/binvault.example.yaml documents the same values (a test checks).
+const (
+	DefaultStorageURL      = "file:///var/lib/binvault/archive"
+	DefaultSpoolDir        = "/var/lib/binvault/spool"
+	DefaultSegmentMaxBytes = 64 * MiB
+	DefaultRPOTarget       = time.Second
+	DefaultBackupParallel  = 4
+	DefaultChunkSize       = 64 * MiB
+	DefaultKeepLast        = 7
+	DefaultKeepWithin      = 168 * time.Hour
+	DefaultHTTPListen      = "127.0.0.1:9420"
+)
+
 // Default returns the configuration used for every key the file leaves out.
-// configs/binvault.example.yaml documents the same values.
 func Default() Config {
 	return Config{
-		Storage:   Storage{URL: "file:///var/lib/binvault/archive"},
-		Spool:     Spool{Dir: "/var/lib/binvault/spool"},
-		Archive:   Archive{SegmentMaxBytes: 64 * MiB, FlushInterval: Duration(time.Second)},
-		Backup:    Backup{Parallel: 4, ChunkSize: 64 * MiB},
-		Retention: Retention{KeepLast: 7, KeepWithin: Duration(168 * time.Hour)},
-		HTTP:      HTTP{Listen: "127.0.0.1:9420"},
+		Storage:   Storage{URL: DefaultStorageURL},
+		Spool:     Spool{Dir: DefaultSpoolDir},
+		Archive:   Archive{SegmentMaxBytes: DefaultSegmentMaxBytes, RPOTarget: Duration(DefaultRPOTarget)},
+		Backup:    Backup{Parallel: DefaultBackupParallel, ChunkSize: DefaultChunkSize},
+		Retention: Retention{KeepLast: DefaultKeepLast, KeepWithin: Duration(DefaultKeepWithin)},
+		HTTP:      HTTP{Listen: DefaultHTTPListen},
 	}
 }
 
@@ -171,8 +189,14 @@ func (c *Config) Validate() error {
 	if s := c.Archive.SegmentMaxBytes; s < 64*KiB || s > 4*GiB {
 		return fail("archive.segment_max_bytes", "%s is out of range: use between 64KiB and 4GiB (default 64MiB)", s)
 	}
-	if d := c.Archive.FlushInterval.D(); d < 100*time.Millisecond || d > time.Hour {
-		return fail("archive.flush_interval", "%s is out of range: use between 100ms and 1h (default 1s)", d)
+	if d := c.Archive.FlushInterval.D(); d != 0 && (d < 100*time.Millisecond || d > time.Hour) {
+		return fail("archive.flush_interval", "%s is out of range: use between 100ms and 1h, or 0 to leave it to archive.rpo_target (the default)", d)
+	}
+	if d := c.Archive.RPOTarget.D(); d != 0 && (d < 100*time.Millisecond || d > time.Hour) {
+		return fail("archive.rpo_target", "%s is out of range: use between 100ms and 1h (default 1s)", d)
+	}
+	if c.Archive.RPOTarget == 0 && c.Archive.FlushInterval == 0 {
+		return fail("archive.rpo_target", "is 0 and so is archive.flush_interval: set one of them, or segments would close only when full (default rpo_target: 1s)")
 	}
 	if c.Backup.Schedule != "" {
 		if _, err := cron.ParseStandard(c.Backup.Schedule); err != nil {
@@ -180,10 +204,10 @@ func (c *Config) Validate() error {
 		}
 	}
 	if p := c.Backup.Parallel; p < 1 || p > 64 {
-		return fail("backup.parallel", "%d is out of range: use between 1 and 64 connections (default 4)", p)
+		return fail("backup.parallel", "%d is out of range: use between 1 and 64 connections (default %d)", p, DefaultBackupParallel)
 	}
 	if s := c.Backup.ChunkSize; s < MiB || s > GiB {
-		return fail("backup.chunk_size", "%s is out of range: use between 1MiB and 1GiB (default 64MiB)", s)
+		return fail("backup.chunk_size", "%s is out of range: use between 1MiB and 1GiB (default %s)", s, Size(DefaultChunkSize))
 	}
 	if c.Retention.KeepLast < 1 {
 		return fail("retention.keep_last", "is %d: keep at least 1 backup (the newest is never pruned)", c.Retention.KeepLast)

@@ -26,7 +26,7 @@ func TestParseAppliesDefaultsAndExpandsEnv(t *testing.T) {
 	if cfg.Source.DSN != "mysql://repl:s3cr3t-pw@db1:3306" || cfg.Source.ServerID != 9001 {
 		t.Fatalf("source = %+v", cfg.Source)
 	}
-	if cfg.Archive.SegmentMaxBytes != 64*MiB || cfg.Archive.FlushInterval.D() != time.Second {
+	if cfg.Archive.SegmentMaxBytes != 64*MiB || cfg.Archive.FlushInterval != 0 || cfg.Archive.RPOTarget.D() != time.Second {
 		t.Fatalf("archive defaults = %+v", cfg.Archive)
 	}
 	if cfg.Storage.URL != "file:///var/lib/binvault/archive" || cfg.HTTP.Listen != "127.0.0.1:9420" {
@@ -49,6 +49,8 @@ func TestParseErrors(t *testing.T) {
 		{"bad size", minimal + "archive:\n  segment_max_bytes: 64MB\n", []string{"archive.segment_max_bytes", "64MiB"}},
 		{"small size", minimal + "archive:\n  segment_max_bytes: 1KiB\n", []string{"archive.segment_max_bytes", "out of range"}},
 		{"bad duration", minimal + "archive:\n  flush_interval: 1 sec\n", []string{"archive.flush_interval", "not a duration"}},
+		{"rpo target too small", minimal + "archive:\n  rpo_target: 10ms\n", []string{"archive.rpo_target", "out of range", "100ms"}},
+		{"no close by time at all", minimal + "archive:\n  rpo_target: 0s\n", []string{"archive.rpo_target", "flush_interval", "set one of them"}},
 		{"bad cron", minimal + "backup:\n  schedule: \"0 25 * * *\"\n", []string{"backup.schedule", "does not parse"}},
 		{"unset env", "source:\n  dsn: mysql://u:${NOPE}@h\n  server_id: 1\n", []string{"source.dsn", "${NOPE}", "not set"}},
 		{"missing dsn", "source:\n  server_id: 1\n", []string{"source.dsn: is required"}},

@@ -106,7 +106,7 @@ func (m *Metrics) RegisterReplica(g ReplicaGauges) {
 
 // SpoolGauges are read from the spool at scrape time.
 type SpoolGauges struct {
-	Bytes, Segments, RPO func() float64
+	Bytes, Segments, RPO, CommitAge func() float64
 }
 
 // RegisterSpool adds the gauges computed from the spool when scraped.
@@ -116,5 +116,6 @@ func (m *Metrics) RegisterSpool(g SpoolGauges) {
 	}
 	gf("spool_bytes", "Bytes of segments in the spool (closed and open).", g.Bytes)
 	gf("spool_segments", "Closed segments in the spool not yet released.", g.Segments)
-	gf("archive_rpo_seconds", "Age of the oldest streamed transaction not yet archived (0 when all are): what losing this host now would lose. Binlog timestamps have 1s resolution.", g.RPO)
+	gf("archive_rpo_seconds", "Time since the oldest transaction not yet archived arrived at binvault (0 when all are archived): what losing this host now would lose.", g.RPO)
+	gf("archive_unarchived_commit_age_seconds", "Age of the oldest transaction not yet archived, from its commit time on the primary (binlog timestamps: whole seconds); includes the primary's delay in sending it.", g.CommitAge)
 }

@@ -12,7 +12,7 @@ import (
 func TestREADMEListsEveryMetric(t *testing.T) {
 	m := New()
 	zero := func() float64 { return 0 }
-	m.RegisterSpool(SpoolGauges{Bytes: zero, Segments: zero, RPO: zero})
+	m.RegisterSpool(SpoolGauges{Bytes: zero, Segments: zero, RPO: zero, CommitAge: zero})
 	m.RegisterReplica(ReplicaGauges{SecondsBehind: zero, TxnsBehind: zero})
 	m.ReplicaBatchTxns.Observe(1)
 	m.ReplicaBatchSeconds.Observe(1)

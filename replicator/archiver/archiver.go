@@ -1,16 +1,15 @@
 package archiver
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -63,6 +62,8 @@ type Archiver struct {
 	lastCat  time.Time
 	lastErr  string
 	inited   atomic.Bool
+	recent   []time.Duration // the last upload times
+	estimate atomic.Int64    // UploadEstimate, nanoseconds
 }
 
 // ErrConflict: the store holds a different segment under our sequence
@@ -229,9 +230,9 @@ func (a *Archiver) uploadClosed(ctx context.Context, retry bool) error {
 	return nil
 }
 
-// upload stores one segment then its manifest. Both writes are
-// create-if-absent, so a retry after a crash, or a second writer, can never
-// replace what readers already trust.
+// upload stores one segment, its manifest at its head (one object, one
+// create-if-absent PUT), so a retry after a crash, or a second writer, can
+// never replace what readers already trust.
 func (a *Archiver) upload(ctx context.Context, seg archive.Segment) error {
 	start := time.Now()
 	if seg.Seq != a.uploaded+1 && a.uploaded != 0 {
@@ -240,37 +241,27 @@ func (a *Archiver) upload(ctx context.Context, seg archive.Segment) error {
 	if a.newest != nil && seg.Start.GTIDSet != a.newest.End.GTIDSet {
 		return fmt.Errorf("%w: segment %d starts at GTID %q but the archive ends at %q", ErrConflict, seg.Seq, seg.Start.GTIDSet, a.newest.End.GTIDSet)
 	}
+	seg.Format = archive.SegmentFormat
 	key := archive.SegmentKey(seg.Seq)
-	zsum, zsize, err := a.putSegment(ctx, key, seg)
+	oi, err := a.putSegment(ctx, key, seg)
 	if errors.Is(err, storage.ErrExists) {
-		err = a.resolveExisting(ctx, key, seg, zsum)
+		oi, err = a.resolveExisting(ctx, key, seg)
 	}
 	if err != nil {
 		return err
 	}
-	seg.Key, seg.StoredBytes, seg.StoredSHA256 = key, zsize, zsum
-	body, _ := json.MarshalIndent(seg, "", "  ")
-	if _, err := a.store.PutIfAbsent(ctx, archive.ManifestKey(seg.Seq), bytes.NewReader(body)); err != nil {
-		if !errors.Is(err, storage.ErrExists) {
-			return fmt.Errorf("upload manifest %d: %w", seg.Seq, err)
-		}
-		have, rerr := archive.ReadManifest(ctx, a.store, seg.Seq)
-		if rerr != nil {
-			return fmt.Errorf("read existing manifest %d: %w", seg.Seq, rerr)
-		}
-		if have.SHA256 != seg.SHA256 {
-			return fmt.Errorf("%w: %s already holds segment %d with other content (is another binvault writing to this storage.url?)", ErrConflict, a.store, seg.Seq)
-		}
-	}
+	took := time.Since(start)
+	a.observeUpload(took)
+	seg.Key, seg.StoredBytes, seg.StoredSHA256 = key, oi.Size, oi.SHA256
 	if err := a.src.Archived(seg.Seq); err != nil {
 		return err
 	}
 	m := a.opts.Metrics
 	m.ArchiveSegments.Inc()
 	m.ArchiveTransactions.Add(float64(seg.Txns))
-	m.ArchiveBytes.Add(float64(zsize))
+	m.ArchiveBytes.Add(float64(oi.Size))
 	m.ArchiveNewestTxnTime.Set(float64(seg.LastTime.Unix()))
-	m.ArchiveUploadDuration.Observe(time.Since(start).Seconds())
+	m.ArchiveUploadDuration.Observe(took.Seconds())
 	a.mu.Lock()
 	a.uploaded, a.newest, a.lastErr = seg.Seq, &seg, ""
 	a.pending = append(a.pending, seg)
@@ -278,64 +269,105 @@ func (a *Archiver) upload(ctx context.Context, seg archive.Segment) error {
 	if a.opts.Uploaded != nil {
 		a.opts.Uploaded(seg)
 	}
-	a.opts.Log.Debug("segment archived", "segment", seg.Seq, "transactions", seg.Txns, "bytes", seg.Bytes, "stored_bytes", zsize, "last_gtid", seg.LastGTID)
+	a.opts.Log.Debug("segment archived", "segment", seg.Seq, "transactions", seg.Txns, "bytes", seg.Bytes, "stored_bytes", oi.Size, "last_gtid", seg.LastGTID, "took", took.String())
 	return nil
 }
 
-// putSegment streams the spool file through zstd into the store, checking
-// on the way that the file still has the digest recorded when it was closed.
-func (a *Archiver) putSegment(ctx context.Context, key string, seg archive.Segment) (sum string, size int64, err error) {
+// putSegment streams the manifest header and the spool file through zstd
+// into the store, checking on the way that the file still has the digest
+// recorded when it was closed.
+func (a *Archiver) putSegment(ctx context.Context, key string, seg archive.Segment) (storage.ObjectInfo, error) {
+	header, err := archive.EncodeHeader(seg)
+	if err != nil {
+		return storage.ObjectInfo{}, err
+	}
 	f, err := os.Open(a.src.SegmentPath(seg.Seq))
 	if err != nil {
-		return "", 0, err
+		return storage.ObjectInfo{}, err
 	}
 	defer f.Close()
 	pr, pw := io.Pipe()
 	raw := sha256.New()
-	compressed := sha256.New()
-	counter := &countWriter{}
 	go func() {
-		enc, _ := zstd.NewWriter(io.MultiWriter(pw, compressed, counter), zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedDefault))
-		_, err := io.Copy(enc, io.TeeReader(f, raw))
-		if cerr := enc.Close(); err == nil {
-			err = cerr
+		_, err := pw.Write(header)
+		if err == nil {
+			enc, _ := zstd.NewWriter(pw, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedDefault))
+			_, err = io.Copy(enc, io.TeeReader(f, raw))
+			if cerr := enc.Close(); err == nil {
+				err = cerr
+			}
 		}
 		if err == nil && hex.EncodeToString(raw.Sum(nil)) != seg.SHA256 {
 			err = fmt.Errorf("spool file %s no longer matches its recorded SHA-256: local disk damage; move the spool aside and restart to re-stream from the archive's end", a.src.SegmentPath(seg.Seq))
 		}
 		pw.CloseWithError(err)
 	}()
-	_, err = a.store.PutIfAbsent(ctx, key, pr)
+	oi, err := a.store.PutIfAbsent(ctx, key, pr)
 	pr.CloseWithError(errors.New("upload ended"))
-	sum = hex.EncodeToString(compressed.Sum(nil))
-	return sum, counter.n, err
+	return oi, err
 }
 
 // resolveExisting decides what an existing segment object means: our own
-// earlier upload (same bytes: zstd output is deterministic at concurrency
-// 1), a stale orphan of a crashed run without manifest (replaced), or a
-// conflict.
-func (a *Archiver) resolveExisting(ctx context.Context, key string, seg archive.Segment, zsum string) error {
+// earlier upload (the same binlog digest in its header: a retry whose
+// first attempt succeeded unseen, or a crash before the spool released the
+// segment), another writer's segment (a conflict), or a format-1 upload
+// that a crash interrupted before its manifest (replaced).
+func (a *Archiver) resolveExisting(ctx context.Context, key string, seg archive.Segment) (storage.ObjectInfo, error) {
+	have, err := archive.ReadHeader(ctx, a.store, key)
+	switch {
+	case err == nil && have.SHA256 == seg.SHA256 && have.Seq == seg.Seq:
+		return a.store.Stat(ctx, key)
+	case err == nil:
+		return storage.ObjectInfo{}, fmt.Errorf("%w: %s already holds segment %d with other content (is another binvault writing to this storage.url?)", ErrConflict, a.store, seg.Seq)
+	case !errors.Is(err, archive.ErrNoHeader):
+		return storage.ObjectInfo{}, fmt.Errorf("read existing %s: %w", key, err)
+	}
+	// Format 1: the manifest is an object of its own, written last.
+	old, err := archive.ReadManifest(ctx, a.store, seg.Seq)
+	switch {
+	case err == nil && old.SHA256 == seg.SHA256:
+		return a.store.Stat(ctx, key)
+	case err == nil:
+		return storage.ObjectInfo{}, fmt.Errorf("%w: %s already holds segment %d with other content (is another binvault writing to this storage.url?)", ErrConflict, a.store, seg.Seq)
+	case !errors.Is(err, storage.ErrNotFound):
+		return storage.ObjectInfo{}, fmt.Errorf("read existing manifest %d: %w", seg.Seq, err)
+	}
 	oi, err := a.store.Stat(ctx, key)
 	if err != nil {
-		return fmt.Errorf("stat existing %s: %w", key, err)
-	}
-	if oi.SHA256 == zsum {
-		return nil
-	}
-	if _, err := a.store.Stat(ctx, archive.ManifestKey(seg.Seq)); err == nil {
-		return fmt.Errorf("%w: %s already holds segment %d with other content (is another binvault writing to this storage.url?)", ErrConflict, a.store, seg.Seq)
+		return storage.ObjectInfo{}, fmt.Errorf("stat existing %s: %w", key, err)
 	}
 	if !oi.ModTime.IsZero() && time.Since(oi.ModTime) < 2*time.Minute {
-		return fmt.Errorf("%w: %s holds a fresh, different segment %d without manifest: another binvault may be writing to this storage.url", ErrConflict, a.store, seg.Seq)
+		return storage.ObjectInfo{}, fmt.Errorf("%w: %s holds a fresh, different segment %d without manifest: another binvault may be writing to this storage.url", ErrConflict, a.store, seg.Seq)
 	}
 	a.opts.Log.Warn("replacing an orphaned segment object left by an interrupted run", "key", key)
 	if err := a.store.Delete(ctx, key); err != nil {
-		return err
+		return storage.ObjectInfo{}, err
 	}
-	_, _, err = a.putSegment(ctx, key, seg)
-	return err
+	return a.putSegment(ctx, key, seg)
 }
+
+// recentUploads is how many upload times the estimate looks at.
+const recentUploads = 16
+
+// observeUpload records how long a segment took to become durable.
+func (a *Archiver) observeUpload(d time.Duration) {
+	a.mu.Lock()
+	a.recent = append(a.recent, d)
+	if len(a.recent) > recentUploads {
+		a.recent = a.recent[1:]
+	}
+	sorted := slices.Clone(a.recent)
+	a.mu.Unlock()
+	slices.Sort(sorted)
+	// The third quartile: one slow request does not make every following
+	// segment smaller, and most segments still meet their deadline.
+	a.estimate.Store(int64(sorted[len(sorted)*3/4]))
+}
+
+// UploadEstimate is how long making a segment durable in the store takes
+// lately (0 before the first upload); the spool closes segments that much
+// ahead of their RPO deadline. It takes no lock.
+func (a *Archiver) UploadEstimate() time.Duration { return time.Duration(a.estimate.Load()) }
 
 // Pruned tells the archiver that retention deleted the segments below
 // floor, so that it leaves them out of the catalog objects it writes
@@ -375,7 +407,3 @@ func (a *Archiver) catalog(ctx context.Context) error {
 	}
 	return nil
 }
-
-type countWriter struct{ n int64 }
-
-func (c *countWriter) Write(p []byte) (int, error) { c.n += int64(len(p)); return len(p), nil }

@@ -192,6 +192,24 @@ func (s *Store) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 	return storage.Unframe(key, f), nil
 }
 
+// ReadPrefix reads the first n bytes of the content, without the rest.
+func (s *Store) ReadPrefix(ctx context.Context, key string, n int64) ([]byte, error) {
+	f, st, err := s.open(key)
+	if err != nil {
+		return nil, fmt.Errorf("get %s: %w", key, err)
+	}
+	defer f.Close()
+	size := st.Size() - storage.TrailerSize
+	if size < 0 {
+		return nil, &storage.ChecksumError{Key: key, Reason: "shorter than its checksum trailer"}
+	}
+	b := make([]byte, min(n, size))
+	if _, err := f.ReadAt(b, 0); err != nil {
+		return nil, fmt.Errorf("get %s: %w", key, err)
+	}
+	return b, nil
+}
+
 func (s *Store) Stat(ctx context.Context, key string) (storage.ObjectInfo, error) {
 	f, st, err := s.open(key)
 	if err != nil {

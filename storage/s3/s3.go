@@ -207,6 +207,49 @@ func (s *Store) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 	return storage.Unframe(key, g), nil
 }
 
+// ReadPrefix reads the first n bytes of the content with one ranged GET.
+func (s *Store) ReadPrefix(ctx context.Context, key string, n int64) ([]byte, error) {
+	if err := storage.ValidateKey(key); err != nil {
+		return nil, fmt.Errorf("get: %w", err)
+	}
+	if n <= 0 {
+		return nil, nil
+	}
+	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &s.cfg.Bucket, Key: aws.String(s.prefix + key),
+		Range: aws.String(fmt.Sprintf("bytes=0-%d", n+storage.TrailerSize-1))})
+	if err != nil {
+		return nil, s.fail("get", key, err)
+	}
+	defer out.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(out.Body, n+storage.TrailerSize))
+	if err != nil {
+		return nil, fmt.Errorf("get %s: %w", key, err)
+	}
+	// The range may reach into the trailer: the object's total size, from
+	// Content-Range ("bytes 0-99/1234"), says where the content ends.
+	total := int64(-1)
+	if cr := aws.ToString(out.ContentRange); cr != "" {
+		if i := strings.LastIndexByte(cr, '/'); i >= 0 {
+			total, _ = strconv.ParseInt(cr[i+1:], 10, 64)
+		}
+	} else if int64(len(b)) < n+storage.TrailerSize {
+		total = int64(len(b)) // the whole object came back
+	}
+	if total >= 0 {
+		content := total - storage.TrailerSize
+		if content < 0 {
+			return nil, &storage.ChecksumError{Key: key, Reason: "shorter than its checksum trailer"}
+		}
+		if int64(len(b)) > content {
+			b = b[:content]
+		}
+	}
+	if int64(len(b)) > n {
+		b = b[:n]
+	}
+	return b, nil
+}
+
 // getReader resumes a download whose connection broke, from the offset
 // reached and only while the object is unchanged (If-Match on its ETag), so
 // a long restore survives what a single request's retries would.

@@ -71,6 +71,7 @@ func Run(t *testing.T, newStore func(t *testing.T) storage.Store, opts ...Option
 		{"FailedPutLeavesNothing", testFailedPut},
 		{"Damage", func(t *testing.T, s storage.Store) { testDamage(t, s, o.corrupt) }},
 		{"Big", testBig},
+		{"ReadPrefix", testReadPrefix},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore(t)) })
@@ -133,6 +134,30 @@ func testMissing(t *testing.T, s storage.Store) {
 	}
 	if _, err := s.Get(ctx(t), "dir/obj/below"); !errors.Is(err, storage.ErrNotFound) {
 		t.Errorf("Get below an object: %v, want ErrNotFound", err)
+	}
+}
+
+// testReadPrefix reads the start of objects of several sizes: never the
+// trailer's bytes, never more than asked, all of a short object.
+func testReadPrefix(t *testing.T, s storage.Store) {
+	sizes := []int64{0, 1, 47, 48, 49, 100, 70000}
+	for _, size := range sizes {
+		data := Random(size, uint64(size))
+		key := fmt.Sprintf("prefix/%d", size)
+		put(t, s, key, data)
+		for _, n := range []int64{1, 5, 48, 64, 100, 1 << 20} {
+			got, err := storage.ReadPrefix(ctx(t), s, key, n)
+			if err != nil {
+				t.Fatalf("ReadPrefix(%s, %d): %v", key, n, err)
+			}
+			want := data[:min(n, size)]
+			if !bytes.Equal(got, want) {
+				t.Fatalf("ReadPrefix(%s, %d) = %d bytes, want the first %d of the content", key, n, len(got), len(want))
+			}
+		}
+	}
+	if _, err := storage.ReadPrefix(ctx(t), s, "prefix/none", 10); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("ReadPrefix of a missing key: %v, want ErrNotFound", err)
 	}
 }
 
