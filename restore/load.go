@@ -1,5 +1,3 @@
-// Package restore brings a server back from the archive: it loads a full
-// backup (load.go) and replays archived binlog segments after it.
 package restore
 
 import (
@@ -30,7 +28,8 @@ import (
 
 // LoadOptions tune LoadBackup.
 type LoadOptions struct {
-	// Parallel is how many data objects load at once (default 4).
+	// Parallel is how many data objects load at once (default
+	// DefaultParallel).
 	Parallel int
 	// Force loads into a server that already holds user databases; each
 	// database of the backup that exists there is dropped first. Others
@@ -83,8 +82,6 @@ type Result struct {
 	Warnings []string
 }
 
-const maxWarnings = 20
-
 // warnings collects the target's warnings across loaders.
 type warnings struct {
 	mu    sync.Mutex
@@ -123,10 +120,42 @@ const dataSQLMode = "NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION"
 // then views, routines, triggers and events. Every object is read whole and
 // checked against the manifest's SHA-256 before any of it is executed; a
 // mismatch stops the load with a *storage.ChecksumError naming the object.
-func LoadBackup(ctx context.Context, st storage.Store, backupID, targetDSN string, o LoadOptions) (res Result, err error) {
+func LoadBackup(ctx context.Context, st storage.Store, backupID, targetDSN string, o LoadOptions) (Result, error) {
+	l := newLoader(st, backupID, o)
+	dsn, err := dbconn.Parse(targetDSN)
+	if err != nil {
+		return l.res, usage.Errorf("target: %v", err)
+	}
+	if err := l.read(ctx, backupID); err != nil {
+		return l.res, err
+	}
+	if err := l.run(ctx, dsn); err != nil {
+		return l.res, err
+	}
+	return l.res, nil
+}
+
+// loader is one run of LoadBackup: the backup, the target, and the result
+// it fills in as it goes.
+type loader struct {
+	started time.Time
+	st      storage.Store
+	o       LoadOptions
+	log     *slog.Logger
+	m       *backup.Manifest
+	schema  *backup.Schema
+	db      *sql.DB
+	// ddl runs the definitions that must run one after another.
+	ddl       *sql.Conn
+	binlogOff bool
+	warns     warnings
+	res       Result
+}
+
+func newLoader(st storage.Store, backupID string, o LoadOptions) *loader {
 	started := time.Now()
 	if o.Parallel <= 0 {
-		o.Parallel = 4
+		o.Parallel = DefaultParallel
 	}
 	if o.Log == nil {
 		o.Log = slog.Default()
@@ -134,134 +163,171 @@ func LoadBackup(ctx context.Context, st storage.Store, backupID, targetDSN strin
 	if o.Progress == nil {
 		o.Progress = &LoadProgress{}
 	}
-	log := o.Log.With("backup", backupID)
-	dsn, err := dbconn.Parse(targetDSN)
-	if err != nil {
-		return res, usage.Errorf("target: %v", err)
-	}
+	return &loader{started: started, st: st, o: o, log: o.Log.With("backup", backupID)}
+}
+
+// read reads the backup's manifest and schema, narrowed to o.Databases.
+func (l *loader) read(ctx context.Context, backupID string) error {
 	if _, ok := backup.ParseID(backupID); !ok {
-		return res, usage.Errorf("%q is not a backup id (like 20261128T101500Z-3fa9c2): see binvault backups", backupID)
+		return usage.Errorf("%q is not a backup id (like 20261128T101500Z-3fa9c2): see binvault backups", backupID)
 	}
-	m, err := backup.ReadManifest(ctx, st, backupID)
+	m, err := backup.ReadManifest(ctx, l.st, backupID)
 	if err != nil {
 		if errors.Is(err, storage.ErrNotFound) {
-			return res, usage.Wrap(err)
+			return usage.Wrap(err)
 		}
-		return res, err
+		return err
 	}
-	schema, err := backup.ReadSchema(ctx, st, m)
+	schema, err := backup.ReadSchema(ctx, l.st, m)
 	if err != nil {
-		return res, err
+		return err
 	}
-	if len(o.Databases) > 0 {
-		if m, schema, err = onlyDatabases(m, schema, o.Databases); err != nil {
-			return res, err
+	if len(l.o.Databases) > 0 {
+		if m, schema, err = onlyDatabases(m, schema, l.o.Databases); err != nil {
+			return err
 		}
 	}
-	res = Result{BackupID: backupID, Position: m.Position, Manifest: m}
+	l.m, l.schema = m, schema
+	l.res = Result{BackupID: backupID, Position: m.Position, Manifest: m}
+	return nil
+}
 
+func (l *loader) run(ctx context.Context, dsn dbconn.DSN) error {
+	var err error
+	if l.db, err = openTarget(ctx, dsn, l.o.Parallel+1); err != nil {
+		return err
+	}
+	defer l.db.Close()
+	if l.ddl, err = l.db.Conn(ctx); err != nil {
+		return err
+	}
+	defer l.ddl.Close()
+	if err := checkTarget(ctx, l.ddl, dsn, l.m, l.o.Force, l.o.Resume, l.log); err != nil {
+		return err
+	}
+	if l.o.Begin != nil {
+		if err := l.o.Begin(); err != nil {
+			return err
+		}
+	}
+	if err := l.ddlConn(ctx); err != nil {
+		return err
+	}
+	pre, post := splitDefinitions(l.schema.Definitions)
+	l.log.Info("creating databases and tables", "definitions", len(pre))
+	if err := l.preData(ctx, pre); err != nil {
+		return err
+	}
+	if err := l.data(ctx); err != nil {
+		return err
+	}
+	l.log.Info("creating routines, views, triggers and events", "definitions", len(post))
+	if err := l.postData(ctx, post); err != nil {
+		return err
+	}
+	l.res.Duration = time.Since(l.started)
+	l.log.Info("backup loaded", "position", l.m.Position.String(), "tables", l.res.Tables, "rows", l.res.Rows, "duration", l.res.Duration.Round(time.Millisecond).String())
+	return nil
+}
+
+// openTarget connects with time values left as text: the load copies
+// them, it does not interpret them.
+func openTarget(ctx context.Context, dsn dbconn.DSN, conns int) (*sql.DB, error) {
 	cfg, err := dsn.DriverConfig()
 	if err != nil {
-		return res, err
+		return nil, err
 	}
 	cfg.ParseTime = false
 	connector, err := mysql.NewConnector(cfg)
 	if err != nil {
-		return res, err
+		return nil, err
 	}
 	db := sql.OpenDB(connector)
-	defer db.Close()
-	db.SetMaxOpenConns(o.Parallel + 1)
+	db.SetMaxOpenConns(conns)
 	pctx, cancel := context.WithTimeout(ctx, dsn.Timeout+time.Second)
 	err = db.PingContext(pctx)
 	cancel()
 	if err != nil {
-		return res, usage.Wrap(dbconn.Explain("target", dsn, err))
+		db.Close()
+		return nil, usage.Wrap(dbconn.Explain("target", dsn, err))
 	}
-	ddl, err := db.Conn(ctx)
-	if err != nil {
-		return res, err
-	}
-	defer ddl.Close()
-	if err := checkTarget(ctx, ddl, dsn, m, o.Force, o.Resume, log); err != nil {
-		return res, err
-	}
-	if o.Begin != nil {
-		if err := o.Begin(); err != nil {
-			return res, err
-		}
-	}
-	res.BinlogOff = true
-	if _, err := ddl.ExecContext(ctx, "SET SESSION sql_log_bin = 0"); err != nil {
-		res.BinlogOff = false
-		log.Info("loading with the target's binlog on (the user may not SET sql_log_bin: BINLOG ADMIN or SUPER): slower, and the rows go to the target's replicas")
-	}
-	if err := ddlSession(ctx, ddl, m.Source.Flavor); err != nil {
-		return res, err
-	}
+	return db, nil
+}
 
-	var pre, post []backup.Definition
-	for _, d := range schema.Definitions {
+// ddlConn sets up the connection for the definitions, with the binlog off
+// where the user may: the data connections follow what it could.
+func (l *loader) ddlConn(ctx context.Context) error {
+	l.binlogOff = true
+	if _, err := l.ddl.ExecContext(ctx, "SET SESSION sql_log_bin = 0"); err != nil {
+		l.binlogOff = false
+		l.log.Info("loading with the target's binlog on (the user may not SET sql_log_bin: BINLOG ADMIN or SUPER): slower, and the rows go to the target's replicas")
+	}
+	l.res.BinlogOff = l.binlogOff
+	return ddlSession(ctx, l.ddl)
+}
+
+// splitDefinitions separates what must exist before the data (databases,
+// tables, sequences) from what comes after it.
+func splitDefinitions(defs []backup.Definition) (pre, post []backup.Definition) {
+	for _, d := range defs {
 		if d.PostData() {
 			post = append(post, d)
 		} else {
 			pre = append(pre, d)
 		}
 	}
-	log.Info("creating databases and tables", "definitions", len(pre))
-	if err := createPreData(ctx, db, ddl, pre, o, res.BinlogOff, m.Source.Flavor); err != nil {
-		return res, err
-	}
+	return pre, post
+}
 
-	done, err := journaled(ctx, ddl, o)
+// data loads the data objects the journal does not show as loaded.
+func (l *loader) data(ctx context.Context) error {
+	objs, err := l.pending(ctx)
 	if err != nil {
-		return res, err
+		return err
 	}
+	// Largest first: the load ends with small objects, not one long one.
+	sort.SliceStable(objs, func(i, j int) bool { return objs[i].StoredBytes > objs[j].StoredBytes })
+	l.log.Info("loading data", "objects", len(objs), "rows", l.m.Rows, "bytes", l.m.Bytes, "parallel", l.o.Parallel)
+	if err := l.objects(ctx, objs); err != nil {
+		return err
+	}
+	l.res.Warnings = l.warns.result()
+	for _, w := range l.res.Warnings {
+		l.log.Warn("the target warned while loading", "warning", w)
+	}
+	l.res.Rows = l.o.Progress.Rows.Load()
+	l.res.Bytes = l.o.Progress.Bytes.Load()
+	return nil
+}
+
+// pending lists the data objects still to load and counts the others as
+// done.
+func (l *loader) pending(ctx context.Context) ([]backup.Object, error) {
+	done, err := journaled(ctx, l.ddl, l.o)
+	if err != nil {
+		return nil, err
+	}
+	p := l.o.Progress
 	var objs []backup.Object
-	for _, t := range m.Tables {
+	for _, t := range l.m.Tables {
 		for _, obj := range t.Objects {
 			if done[obj.Key] {
-				o.Progress.ObjectsDone.Add(1)
-				o.Progress.Rows.Add(obj.Rows)
-				o.Progress.Bytes.Add(obj.Bytes)
+				p.ObjectsDone.Add(1)
+				p.Rows.Add(obj.Rows)
+				p.Bytes.Add(obj.Bytes)
 				continue
 			}
 			objs = append(objs, obj)
 		}
-		o.Progress.RowsTotal.Add(t.Rows)
-		o.Progress.BytesTotal.Add(t.Bytes)
-		res.Tables++
+		p.RowsTotal.Add(t.Rows)
+		p.BytesTotal.Add(t.Bytes)
+		l.res.Tables++
 	}
-	o.Progress.ObjectsTotal.Store(int64(len(objs) + len(done)))
+	p.ObjectsTotal.Store(int64(len(objs) + len(done)))
 	if len(done) > 0 {
-		log.Info("resuming the load", "objects_loaded_before", len(done), "objects_left", len(objs))
+		l.log.Info("resuming the load", "objects_loaded_before", len(done), "objects_left", len(objs))
 	}
-	// Largest first: the load ends with small objects, not one long one.
-	sort.SliceStable(objs, func(i, j int) bool { return objs[i].StoredBytes > objs[j].StoredBytes })
-	log.Info("loading data", "objects", len(objs), "rows", m.Rows, "bytes", m.Bytes, "parallel", o.Parallel)
-	var warns warnings
-	if err := loadData(ctx, db, st, objs, o, res.BinlogOff, m.Source.Flavor, &warns); err != nil {
-		return res, err
-	}
-	res.Warnings = warns.result()
-	for _, w := range res.Warnings {
-		log.Warn("the target warned while loading", "warning", w)
-	}
-	res.Rows = o.Progress.Rows.Load()
-	res.Bytes = o.Progress.Bytes.Load()
-
-	log.Info("creating routines, views, triggers and events", "definitions", len(post))
-	broken, err := createPostData(ctx, ddl, post, o.Resume)
-	if err != nil {
-		return res, err
-	}
-	for _, b := range broken {
-		log.Warn("a view could not be created", "view", b)
-		res.Warnings = append(res.Warnings, "view not created: "+b)
-	}
-	res.Duration = time.Since(started)
-	log.Info("backup loaded", "position", m.Position.String(), "tables", res.Tables, "rows", res.Rows, "duration", res.Duration.Round(time.Millisecond).String())
-	return res, nil
+	return objs, nil
 }
 
 // checkTarget refuses a target that is not ready: user databases present
@@ -269,7 +335,7 @@ func LoadBackup(ctx context.Context, st storage.Store, backupID, targetDSN strin
 // longest statement.
 func checkTarget(ctx context.Context, c *sql.Conn, dsn dbconn.DSN, m *backup.Manifest, force, resume bool, log *slog.Logger) error {
 	var existing []string
-	rows, err := c.QueryContext(ctx, "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME NOT IN ('mysql','sys','information_schema','performance_schema','"+stateDB+"') ORDER BY SCHEMA_NAME")
+	rows, err := c.QueryContext(ctx, "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME NOT IN ('mysql','sys','information_schema','performance_schema',"+dbconn.QuoteString(stateDB)+") ORDER BY SCHEMA_NAME")
 	if err != nil {
 		return dbconn.Explain("target", dsn, err)
 	}
@@ -319,10 +385,10 @@ func roundUpMiB(n int64) int64 { return (n + 1<<20 - 1) >> 20 << 20 }
 // ddlSession sets up a connection for the definitions: statements were
 // read as UTF-8 and replay under the source's defaults unless the
 // definition records its own.
-func ddlSession(ctx context.Context, c *sql.Conn, flavor string) error {
+func ddlSession(ctx context.Context, c *sql.Conn) error {
 	for _, s := range []string{
 		"SET NAMES utf8mb4",
-		"SET SESSION sql_mode = '" + dataSQLMode + "'",
+		"SET SESSION sql_mode = " + dbconn.QuoteString(dataSQLMode),
 		"SET SESSION foreign_key_checks = 0",
 		"SET SESSION time_zone = '+00:00'",
 	} {
@@ -335,21 +401,21 @@ func ddlSession(ctx context.Context, c *sql.Conn, flavor string) error {
 
 // dataSession sets up a connection for INSERTs: the settings the values
 // were rendered for, and no checks the source already made.
-func dataSession(ctx context.Context, c *sql.Conn, binlogOff bool, flavor string) error {
+func (l *loader) dataSession(ctx context.Context, c *sql.Conn) error {
 	stmts := []string{
 		"SET NAMES binary",
 		"SET SESSION time_zone = '+00:00'",
-		"SET SESSION sql_mode = '" + dataSQLMode + "'",
+		"SET SESSION sql_mode = " + dbconn.QuoteString(dataSQLMode),
 		"SET SESSION foreign_key_checks = 0",
 		"SET SESSION unique_checks = 0",
 		// A loader may wait for another's bulk insert into the same table.
 		"SET SESSION innodb_lock_wait_timeout = 3600",
 	}
-	if flavor == dbconn.MariaDB {
+	if l.m.Source.Flavor == dbconn.MariaDB {
 		// History rows of system-versioned tables carry their own periods.
 		stmts = append(stmts, "SET SESSION check_constraint_checks = 0", "SET SESSION system_versioning_insert_history = 1")
 	}
-	if binlogOff {
+	if l.binlogOff {
 		stmts = append(stmts, "SET SESSION sql_log_bin = 0")
 	}
 	for _, s := range stmts {
@@ -360,33 +426,33 @@ func dataSession(ctx context.Context, c *sql.Conn, binlogOff bool, flavor string
 	return nil
 }
 
-// createPreData creates the databases, then the tables and sequences in
+// preData creates the databases, then the tables and sequences in
 // parallel (each CREATE TABLE waits on file creation and an fsync).
-func createPreData(ctx context.Context, db *sql.DB, ddl *sql.Conn, defs []backup.Definition, o LoadOptions, binlogOff bool, flavor string) error {
+func (l *loader) preData(ctx context.Context, defs []backup.Definition) error {
 	var tables []backup.Definition
 	for _, d := range defs {
 		if d.Kind == backup.KindDatabase {
-			if err := existsBefore(o.Resume, execDefinition(ctx, ddl, d)); err != nil {
+			if err := existsBefore(l.o.Resume, execDefinition(ctx, l.ddl, d)); err != nil {
 				return err
 			}
 			continue
 		}
 		tables = append(tables, d)
 	}
-	conns, err := openConns(ctx, db, min(o.Parallel, max(len(tables), 1)), func(c *sql.Conn) error {
-		if binlogOff {
+	conns, err := openConns(ctx, l.db, min(l.o.Parallel, max(len(tables), 1)), func(c *sql.Conn) error {
+		if l.binlogOff {
 			if _, err := c.ExecContext(ctx, "SET SESSION sql_log_bin = 0"); err != nil {
 				return err
 			}
 		}
-		return ddlSession(ctx, c, flavor)
+		return ddlSession(ctx, c)
 	})
 	if err != nil {
 		return err
 	}
 	defer closeAll(conns)
 	return forEach(ctx, conns, len(tables), func(ctx context.Context, c *sql.Conn, i int) error {
-		return existsBefore(o.Resume, execDefinition(ctx, c, tables[i]))
+		return existsBefore(l.o.Resume, execDefinition(ctx, c, tables[i]))
 	})
 }
 
@@ -420,12 +486,25 @@ func journaled(ctx context.Context, c *sql.Conn, o LoadOptions) (map[string]bool
 	return done, rows.Err()
 }
 
-// createPostData creates routines, views, triggers and events in the
-// backup's order. A view may select from a view created after it, so
-// views that fail for a missing table are retried while others succeed.
-// Views that still fail were already invalid on the source (a table they
-// name is gone): they are returned, not fatal, so one broken view does not
-// stop a restore.
+// postData creates routines, views, triggers and events in the backup's
+// order. Views that cannot be created were already invalid on the source
+// (a table they name is gone): they are reported, not fatal, so one
+// broken view does not stop a restore.
+func (l *loader) postData(ctx context.Context, defs []backup.Definition) error {
+	broken, err := createPostData(ctx, l.ddl, defs, l.o.Resume)
+	if err != nil {
+		return err
+	}
+	for _, b := range broken {
+		l.log.Warn("a view could not be created", "view", b)
+		l.res.Warnings = append(l.res.Warnings, "view not created: "+b)
+	}
+	return nil
+}
+
+// createPostData runs the definitions in order. A view may select from a
+// view created after it, so views that fail for a missing table are
+// retried while others succeed; those that never do are returned.
 func createPostData(ctx context.Context, c *sql.Conn, defs []backup.Definition, resume bool) (broken []string, err error) {
 	var pendingViews []backup.Definition
 	flushViews := func() error {
@@ -480,7 +559,7 @@ func execDefinition(ctx context.Context, c *sql.Conn, d backup.Definition) error
 	}
 	if d.SQLMode != nil {
 		setup = append(setup, "SET SESSION sql_mode = "+dbconn.QuoteString(*d.SQLMode))
-		undo = append(undo, "SET SESSION sql_mode = '"+dataSQLMode+"'")
+		undo = append(undo, "SET SESSION sql_mode = "+dbconn.QuoteString(dataSQLMode))
 	}
 	if d.TimeZone != "" {
 		setup = append(setup, "SET SESSION time_zone = "+dbconn.QuoteString(d.TimeZone))
@@ -519,13 +598,14 @@ func execDefinition(ctx context.Context, c *sql.Conn, d backup.Definition) error
 	return nil
 }
 
-// loadData executes the data objects, o.Parallel at a time.
-func loadData(ctx context.Context, db *sql.DB, st storage.Store, objs []backup.Object, o LoadOptions, binlogOff bool, flavor string, warns *warnings) error {
+// objects loads the data objects, o.Parallel at a time, each connection
+// with its own decoder.
+func (l *loader) objects(ctx context.Context, objs []backup.Object) error {
 	if len(objs) == 0 {
 		return nil
 	}
-	conns, err := openConns(ctx, db, min(o.Parallel, len(objs)), func(c *sql.Conn) error {
-		return dataSession(ctx, c, binlogOff, flavor)
+	conns, err := openConns(ctx, l.db, min(l.o.Parallel, len(objs)), func(c *sql.Conn) error {
+		return l.dataSession(ctx, c)
 	})
 	if err != nil {
 		return err
@@ -545,25 +625,25 @@ func loadData(ctx context.Context, db *sql.DB, st storage.Store, objs []backup.O
 	return forEach(ctx, conns, len(objs), func(ctx context.Context, c *sql.Conn, i int) error {
 		dec := <-decs
 		defer func() { decs <- dec }()
-		return loadObject(ctx, c, st, objs[i], dec, o.Journal, o.Progress, warns, o.Log)
+		return l.object(ctx, c, objs[i], dec)
 	})
 }
 
 var insertPrefix = []byte("INSERT INTO ")
 
-func loadObject(ctx context.Context, c *sql.Conn, st storage.Store, obj backup.Object, dec *zstd.Decoder, journal string, p *LoadProgress, warns *warnings, log *slog.Logger) error {
-	// Whole and verified before the first statement runs.
-	packed, err := backup.ReadObject(ctx, st, obj)
+// object loads one data object, read whole and verified before its first
+// statement runs.
+func (l *loader) object(ctx context.Context, c *sql.Conn, obj backup.Object, dec *zstd.Decoder) error {
+	packed, err := backup.ReadObject(ctx, l.st, obj)
 	if err != nil {
 		return err
 	}
+	p := l.o.Progress
 	for attempt := 1; ; attempt++ {
-		var found []string
-		var added int64
-		err := execObject(ctx, c, obj, packed, dec, journal, p, &found, &added)
+		found, added, err := l.exec(ctx, c, obj, packed, dec)
 		if err == nil {
 			for _, w := range found {
-				warns.add(w)
+				l.warns.add(w)
 			}
 			p.Rows.Add(obj.Rows)
 			p.ObjectsDone.Add(1)
@@ -573,10 +653,10 @@ func loadObject(ctx context.Context, c *sql.Conn, st storage.Store, obj backup.O
 		// Two loaders that both find a table empty both try InnoDB's
 		// bulk insert, which locks the table: one is chosen as a deadlock
 		// victim. Its transaction is rolled back whole, so it starts over.
-		if !dbconn.IsLockConflict(err) || attempt == 5 {
+		if !dbconn.IsLockConflict(err) || attempt == loadAttempts {
 			return err
 		}
-		log.Info("loading the object again", "object", obj.Key, "attempt", attempt+1, "err", err)
+		l.log.Info("loading the object again", "object", obj.Key, "attempt", attempt+1, "err", err)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -585,18 +665,20 @@ func loadObject(ctx context.Context, c *sql.Conn, st storage.Store, obj backup.O
 	}
 }
 
-// execObject runs one object's statements as one transaction: a commit
-// per object rather than per statement, and the first object into an
-// empty table takes InnoDB's bulk-insert path (unique_checks=0,
+// exec runs one object's statements as one transaction: a commit per
+// object rather than per statement, and the first object into an empty
+// table takes InnoDB's bulk-insert path (unique_checks=0,
 // foreign_key_checks=0). Measured on 1 GiB of sysbench rows: 10-20 %
-// faster than a commit per statement.
-func execObject(ctx context.Context, c *sql.Conn, obj backup.Object, packed []byte, dec *zstd.Decoder, journal string, p *LoadProgress, found *[]string, added *int64) error {
+// faster than a commit per statement. It returns the target's warnings
+// and the bytes it counted as loaded, which a rolled-back attempt must
+// take back.
+func (l *loader) exec(ctx context.Context, c *sql.Conn, obj backup.Object, packed []byte, dec *zstd.Decoder) (found []string, added int64, err error) {
 	if err := dec.Reset(bytes.NewReader(packed)); err != nil {
-		return fmt.Errorf("%s: %w", obj.Key, err)
+		return nil, 0, fmt.Errorf("%s: %w", obj.Key, err)
 	}
 	br := bufio.NewReaderSize(dec, 1<<20)
 	if _, err := c.ExecContext(ctx, "BEGIN"); err != nil {
-		return err
+		return nil, 0, err
 	}
 	committed := false
 	defer func() {
@@ -611,59 +693,73 @@ func execObject(ctx context.Context, c *sql.Conn, obj backup.Object, packed []by
 			break
 		}
 		if err != nil {
-			return fmt.Errorf("%s: %w", obj.Key, err)
+			return found, added, fmt.Errorf("%s: %w", obj.Key, err)
 		}
 		if !bytes.HasPrefix(line, insertPrefix) || !bytes.HasSuffix(line, []byte(";\n")) {
-			return fmt.Errorf("%s: line %d is not an INSERT statement: the object is not a binvault data object", obj.Key, n+1)
+			return found, added, fmt.Errorf("%s: line %d is not an INSERT statement: the object is not a binvault data object", obj.Key, n+1)
 		}
 		if _, err := c.ExecContext(ctx, string(line[:len(line)-2])); err != nil {
-			return fmt.Errorf("%s: statement %d: %w", obj.Key, n+1, err)
+			return found, added, fmt.Errorf("%s: statement %d: %w", obj.Key, n+1, err)
 		}
 		n++
 		// The load runs without strict mode (values stay as the source
 		// stored them), so a value the target changes only warns: a round
 		// trip per ~1MiB statement makes that visible.
-		if err := collectWarnings(ctx, c, obj.Key, n, found); err != nil {
-			return err
+		w, err := collectWarnings(ctx, c, obj.Key, n)
+		found = append(found, w...)
+		if err != nil {
+			return found, added, err
 		}
-		p.Bytes.Add(int64(len(line)))
-		*added += int64(len(line))
+		l.o.Progress.Bytes.Add(int64(len(line)))
+		added += int64(len(line))
 	}
-	if journal != "" {
-		// In the object's own transaction: recorded exactly when loaded.
-		if _, err := c.ExecContext(ctx, "INSERT INTO "+journal+" (object) VALUES (?)", obj.Key); err != nil {
-			return fmt.Errorf("%s: record it as loaded: %w", obj.Key, err)
-		}
+	if err := l.journal(ctx, c, obj); err != nil {
+		return found, added, err
 	}
 	if _, err := c.ExecContext(ctx, "COMMIT"); err != nil {
-		return fmt.Errorf("%s: commit: %w", obj.Key, err)
+		return found, added, fmt.Errorf("%s: commit: %w", obj.Key, err)
 	}
 	committed = true
+	return found, added, nil
+}
+
+// journal records obj as loaded in the object's own transaction: recorded
+// exactly when loaded.
+func (l *loader) journal(ctx context.Context, c *sql.Conn, obj backup.Object) error {
+	if l.o.Journal == "" {
+		return nil
+	}
+	if _, err := c.ExecContext(ctx, "INSERT INTO "+l.o.Journal+" (object) VALUES (?)", obj.Key); err != nil {
+		return fmt.Errorf("%s: record it as loaded: %w", obj.Key, err)
+	}
 	return nil
 }
 
-func collectWarnings(ctx context.Context, c *sql.Conn, key string, stmt int64, found *[]string) error {
+// collectWarnings returns the first few of the target's warnings on the
+// statement just run.
+func collectWarnings(ctx context.Context, c *sql.Conn, key string, stmt int64) ([]string, error) {
 	var count int
 	if err := c.QueryRowContext(ctx, "SELECT @@warning_count").Scan(&count); err != nil {
-		return err
+		return nil, err
 	}
 	if count == 0 {
-		return nil
+		return nil, nil
 	}
 	rows, err := c.QueryContext(ctx, "SHOW WARNINGS LIMIT 3")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer rows.Close()
+	var found []string
 	for rows.Next() {
 		var level, msg string
 		var code int
 		if err := rows.Scan(&level, &code, &msg); err != nil {
-			return err
+			return found, err
 		}
-		*found = append(*found, fmt.Sprintf("%s statement %d: %s %d: %s", key, stmt, level, code, msg))
+		found = append(found, fmt.Sprintf("%s statement %d: %s %d: %s", key, stmt, level, code, msg))
 	}
-	return rows.Err()
+	return found, rows.Err()
 }
 
 // readLine returns one whole line, however long (one statement).

@@ -1,7 +1,3 @@
-// Package restore brings a server to a point in time: it loads the newest
-// backup before that point and replays the archived segments after it,
-// with the same exact replay as the replica (row events applied by the
-// server itself), from the store alone.
 package restore
 
 import (
@@ -14,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -26,6 +21,25 @@ import (
 	"github.com/binvault/binvault/storage"
 )
 
+// Defaults and limits, in one place: what an option left at zero means,
+// and the fixed numbers the restore runs by.
+const (
+	// DefaultParallel data objects load at once.
+	DefaultParallel = 4
+	// DefaultGroupTxns source transactions share one target commit.
+	DefaultGroupTxns = replay.DefaultRestoreGroupTxns
+	// segmentsAhead are downloaded ahead of the replay, so that the
+	// store's latency hides behind the target's work; each waits as a
+	// decompressed file in Options.TempDir.
+	segmentsAhead = 3
+	// loadAttempts of a data object chosen as a lock-conflict victim
+	// (rolled back whole, so it can run again) before the load gives up.
+	loadAttempts = 5
+	// maxWarnings of the target's are reported one by one; the rest are
+	// counted, so that a bad column cannot flood the summary.
+	maxWarnings = 20
+)
+
 // stateDB holds an unfinished restore's progress on the target; it is
 // written with the binlog off and dropped when the restore completes.
 const stateDB = "binvault_restore"
@@ -33,7 +47,9 @@ const stateDB = "binvault_restore"
 // Options tune a restore.
 type Options struct {
 	TargetDSN string
-	Parallel  int
+	// Parallel is how many data objects load at once (default
+	// DefaultParallel).
+	Parallel int
 	// Force restores into a server holding user databases (those of the
 	// backup are replaced) or over an unfinished restore.
 	Force bool
@@ -41,7 +57,8 @@ type Options struct {
 	Resume bool
 	// Databases restores only these databases (empty: all).
 	Databases []string
-	// GroupTxns is how many source transactions share one target commit.
+	// GroupTxns is how many source transactions share one target commit
+	// (default DefaultGroupTxns).
 	GroupTxns int
 	TempDir   string
 	Log       *slog.Logger
@@ -84,7 +101,33 @@ type Summary struct {
 }
 
 // Run restores plan into the target.
-func Run(ctx context.Context, st storage.Store, plan *Plan, o Options) (sum Summary, err error) {
+func Run(ctx context.Context, st storage.Store, plan *Plan, o Options) (Summary, error) {
+	r := newRestorer(st, plan, o)
+	if err := r.run(ctx); err != nil {
+		return r.sum, err
+	}
+	if r.sum.Replay > 0 {
+		r.sum.Rate = float64(r.sum.Transactions) / r.sum.Replay.Seconds()
+	}
+	return r.sum, nil
+}
+
+// restorer is one run of Run: the target, and the summary it fills in as
+// it goes (a failed restore reports how far it got).
+type restorer struct {
+	started time.Time
+	st      storage.Store
+	plan    *Plan
+	o       Options
+	dsn     dbconn.DSN
+	db      *sql.DB
+	// prev is the unfinished restore found on the target (nil: none, or
+	// dropped by --force).
+	prev *state
+	sum  Summary
+}
+
+func newRestorer(st storage.Store, plan *Plan, o Options) *restorer {
 	started := time.Now()
 	if o.Log == nil {
 		o.Log = slog.Default()
@@ -93,267 +136,365 @@ func Run(ctx context.Context, st storage.Store, plan *Plan, o Options) (sum Summ
 		o.Progress = &Progress{}
 	}
 	if o.GroupTxns <= 0 {
-		o.GroupTxns = 500
+		o.GroupTxns = DefaultGroupTxns
 	}
-	m := plan.Backup
-	flavor := m.Source.Flavor
-	sum = Summary{Target: plan.Target.String(), BackupID: m.ID, Grouped: o.GroupTxns}
-	dsn, err := dbconn.Parse(o.TargetDSN)
-	if err != nil {
-		return sum, usage.Errorf("--target: %v", err)
-	}
-	db, err := dbconn.Open(ctx, "target", dsn)
-	if err != nil {
-		return sum, usage.Wrap(err)
-	}
-	defer db.Close()
-	db.SetMaxOpenConns(2)
+	sum := Summary{Target: plan.Target.String(), BackupID: plan.Backup.ID, Grouped: o.GroupTxns}
+	return &restorer{started: started, st: st, plan: plan, o: o, sum: sum}
+}
 
-	// An unfinished restore on the target: resume it or say how.
-	prev, err := readState(ctx, db)
+func (r *restorer) run(ctx context.Context) (err error) {
+	if r.dsn, err = dbconn.Parse(r.o.TargetDSN); err != nil {
+		return usage.Errorf("--target: %v", err)
+	}
+	if r.db, err = dbconn.Open(ctx, "target", r.dsn); err != nil {
+		return usage.Wrap(err)
+	}
+	defer r.db.Close()
+	r.db.SetMaxOpenConns(2)
+	if r.prev, err = readState(ctx, r.db); err != nil {
+		return err
+	}
+	if err := r.checkUnfinished(); err != nil {
+		return err
+	}
+	// Events must not run while the target is rebuilt: one firing between
+	// the load and the replay, or between two replayed transactions,
+	// writes what the source never had at that point.
+	resumeEvents, paused, note := pauseEvents(ctx, r.db, r.o.Log)
+	r.sum.EventScheduler = note
+	defer func() {
+		// A refusal before the load changed anything leaves the target as
+		// it was; a restore that stopped halfway keeps its events still.
+		if err == nil || (usage.Is(err) && r.prev == nil && !r.sum.BackupLoaded) {
+			resumeEvents()
+			return
+		}
+		if paused {
+			r.o.Log.Error("the target's event scheduler stays OFF: the restore did not finish; after finishing it (--resume), run SET GLOBAL event_scheduler=ON on the target")
+		}
+	}()
+	from, err := r.start(ctx)
 	if err != nil {
-		return sum, err
+		return err
 	}
+	return r.replay(ctx, from)
+}
+
+// checkUnfinished refuses to start over an unfinished restore, or to
+// resume one that is not there or not this one, and says what to do.
+func (r *restorer) checkUnfinished() error {
+	prev, m, o := r.prev, r.plan.Backup, r.o
 	if prev == nil && o.Resume {
-		return sum, usage.Errorf("--resume: the target holds no unfinished restore (no %s database): run without --resume", stateDB)
+		return usage.Errorf("--resume: the target holds no unfinished restore (no %s database): run without --resume", stateDB)
 	}
-	if prev != nil && o.Resume && (prev.BackupID != m.ID || prev.Target != sum.Target) {
-		return sum, usage.Errorf("the target holds an unfinished restore of backup %s to %s, not of backup %s to %s: resume it with the same target, or pass --force to start over", prev.BackupID, prev.Target, m.ID, sum.Target)
+	if prev != nil && o.Resume && (prev.BackupID != m.ID || prev.Target != r.sum.Target) {
+		return usage.Errorf("the target holds an unfinished restore of backup %s to %s, not of backup %s to %s: resume it with the same target, or pass --force to start over", prev.BackupID, prev.Target, m.ID, r.sum.Target)
 	}
 	if prev != nil && !o.Resume && !o.Force {
 		where := fmt.Sprintf("stopped at GTID %q", prev.Position)
 		if prev.Phase == phaseLoad {
 			where = "stopped while loading the backup"
 		}
-		return sum, usage.Errorf("the target holds an unfinished restore of backup %s to %s, %s (%s): rerun with --resume to continue it, or --force to start over", prev.BackupID, prev.Target, where, prev.Updated)
+		return usage.Errorf("the target holds an unfinished restore of backup %s to %s, %s (%s): rerun with --resume to continue it, or --force to start over", prev.BackupID, prev.Target, where, prev.Updated)
 	}
-	// Events must not run while the target is rebuilt: one firing between
-	// the load and the replay, or between two replayed transactions,
-	// writes what the source never had at that point.
-	resumeEvents, paused, events := pauseEvents(ctx, db, o.Log)
-	sum.EventScheduler = events
-	defer func() {
-		// A refusal before the load changed anything leaves the target as
-		// it was; a restore that stopped halfway keeps its events still.
-		if err == nil || (usage.Is(err) && prev == nil && !sum.BackupLoaded) {
-			resumeEvents()
-			return
-		}
-		if paused {
-			o.Log.Error("the target's event scheduler stays OFF: the restore did not finish; after finishing it (--resume), run SET GLOBAL event_scheduler=ON on the target")
-		}
-	}()
-	var pos binlog.GTIDSet
-	var ddlInBinlog bool
-	var ddlDone func(gtid string) bool
-	if prev != nil && !o.Resume {
-		// --force: start over.
-		if err := dropState(ctx, db, true); err != nil {
-			return sum, err
-		}
-		prev = nil
-	}
-	if prev == nil || prev.Phase == phaseLoad {
-		// The load records each data object it commits, inside that
-		// object's transaction, so that an interrupted load resumes.
-		o.Progress.Phase.Store("loading backup")
-		if prev != nil {
-			o.Log.Info("resuming the unfinished restore's load", "backup", m.ID)
-		}
-		lo := LoadOptions{Parallel: o.Parallel, Force: o.Force, Log: o.Log, Progress: &o.Progress.Load, Databases: o.Databases,
-			Journal: stateDB + ".loaded", Resume: prev != nil,
-			Begin: func() error {
-				if prev != nil {
-					return nil
-				}
-				return writeState(ctx, db, state{BackupID: m.ID, Target: sum.Target, Position: m.Position.GTIDSet, Phase: phaseLoad})
-			}}
-		res, err := LoadBackup(ctx, st, m.ID, o.TargetDSN, lo)
-		if err != nil {
-			return sum, err
-		}
-		sum.BackupLoaded, sum.Load, sum.LoadWarnings = true, res.Duration, res.Warnings
-		if pos, err = binlog.ParseGTIDSet(flavor, m.Position.GTIDSet); err != nil {
-			return sum, err
-		}
-		ddlInBinlog = prepareDDLLog(ctx, db, flavor, o.Log)
-		if err := writeState(ctx, db, state{BackupID: m.ID, Target: sum.Target, Position: pos.String(), DDLInBinlog: ddlInBinlog, Phase: phaseReplay}); err != nil {
-			return sum, err
-		}
-	} else {
-		if pos, err = binlog.ParseGTIDSet(flavor, prev.Position); err != nil {
-			return sum, err
-		}
-		if ddlInBinlog = prev.DDLInBinlog; ddlInBinlog {
-			if ddlDone, err = loggedDDL(ctx, db); err != nil {
-				return sum, err
-			}
-		}
-		o.Log.Info("resuming the unfinished restore", "backup", m.ID, "position", prev.Position)
-	}
-
-	// Replay.
-	o.Progress.Phase.Store("replaying")
-	for _, s := range plan.Segments {
-		o.Progress.TxnsTotal.Add(int64(s.Txns))
-	}
-	replayStart := time.Now()
-	if ddlInBinlog {
-		sum.ReplayWarning = append(sum.ReplayWarning, "each DDL was logged in the target's binlog under its source GTID (binlog reset first), so that a resume knows whether it ran")
-	}
-	restoreDurability, durability := relaxDurability(ctx, db, o.Log)
-	sum.Durability = durability
-	defer restoreDurability()
-	final, stoppedAt, binlogOff, err := replaySegments(ctx, st, plan, pos, ddlInBinlog, ddlDone, dsn, o, &sum)
-	sum.Replay = time.Since(replayStart)
-	sum.BinlogOff = binlogOff
-	if err != nil {
-		return sum, err
-	}
-	sum.FinalGTID, sum.StoppedAt = final.String(), stoppedAt
-	sum.GTIDRecorded = recordGTID(ctx, db, final.String(), o.Log)
-	if err := dropState(ctx, db, false); err != nil {
-		o.Log.Warn("could not drop the restore's state database", "err", err.Error())
-	}
-	o.Progress.Phase.Store("done")
-	sum.Total = time.Since(started)
-	if sum.Replay > 0 {
-		sum.Rate = float64(sum.Transactions) / sum.Replay.Seconds()
-	}
-	return sum, nil
+	return nil
 }
 
-// replaySegments applies the plan's segments after pos and returns the
-// final position.
-func replaySegments(ctx context.Context, st storage.Store, plan *Plan, pos binlog.GTIDSet, logDDL bool, ddlDone func(string) bool, dsn dbconn.DSN, o Options, sum *Summary) (final binlog.GTIDSet, stoppedAt string, binlogOff bool, err error) {
-	final = pos.Clone()
-	if len(plan.Segments) == 0 {
-		return final, "", true, nil
+// startPoint is where the replay begins.
+type startPoint struct {
+	pos binlog.GTIDSet // applied already (exclusive start)
+	// logDDL: each DDL is logged in the target's binlog under its source
+	// GTID, so that a resume knows whether it ran.
+	logDDL bool
+	// ddlDone, when resuming, reports a DDL the target's binlog shows ran
+	// past the checkpoint.
+	ddlDone func(gtid string) bool
+}
+
+// start loads the backup, or finds where an unfinished restore stopped.
+func (r *restorer) start(ctx context.Context) (startPoint, error) {
+	if r.prev != nil && !r.o.Resume {
+		// --force: start over.
+		if err := dropState(ctx, r.db, true); err != nil {
+			return startPoint{}, err
+		}
+		r.prev = nil
 	}
-	c, err := replay.Dial(ctx, dsn)
+	if r.prev == nil || r.prev.Phase == phaseLoad {
+		return r.load(ctx)
+	}
+	return r.resumeReplay(ctx)
+}
+
+// load loads the backup. It records each data object it commits, inside
+// that object's transaction, so that an interrupted load resumes.
+func (r *restorer) load(ctx context.Context) (startPoint, error) {
+	m := r.plan.Backup
+	r.o.Progress.Phase.Store("loading backup")
+	if r.prev != nil {
+		r.o.Log.Info("resuming the unfinished restore's load", "backup", m.ID)
+	}
+	lo := LoadOptions{Parallel: r.o.Parallel, Force: r.o.Force, Log: r.o.Log, Progress: &r.o.Progress.Load, Databases: r.o.Databases,
+		Journal: stateDB + ".loaded", Resume: r.prev != nil,
+		Begin: func() error {
+			if r.prev != nil {
+				return nil
+			}
+			return writeState(ctx, r.db, r.state(m.Position.GTIDSet, false, phaseLoad))
+		}}
+	res, err := LoadBackup(ctx, r.st, m.ID, r.o.TargetDSN, lo)
 	if err != nil {
-		return final, "", false, usage.Wrap(dbconn.Explain("target", dsn, err))
+		return startPoint{}, err
 	}
-	defer c.Close()
-	stop := context.AfterFunc(ctx, c.Interrupt)
+	r.sum.BackupLoaded, r.sum.Load, r.sum.LoadWarnings = true, res.Duration, res.Warnings
+	pos, err := binlog.ParseGTIDSet(m.Source.Flavor, m.Position.GTIDSet)
+	if err != nil {
+		return startPoint{}, err
+	}
+	logDDL := prepareDDLLog(ctx, r.db, m.Source.Flavor, r.o.Log)
+	if err := writeState(ctx, r.db, r.state(pos.String(), logDDL, phaseReplay)); err != nil {
+		return startPoint{}, err
+	}
+	return startPoint{pos: pos, logDDL: logDDL}, nil
+}
+
+// resumeReplay continues from the unfinished restore's checkpoint.
+func (r *restorer) resumeReplay(ctx context.Context) (startPoint, error) {
+	pos, err := binlog.ParseGTIDSet(r.plan.Backup.Source.Flavor, r.prev.Position)
+	if err != nil {
+		return startPoint{}, err
+	}
+	from := startPoint{pos: pos, logDDL: r.prev.DDLInBinlog}
+	if from.logDDL {
+		if from.ddlDone, err = loggedDDL(ctx, r.db); err != nil {
+			return startPoint{}, err
+		}
+	}
+	r.o.Log.Info("resuming the unfinished restore", "backup", r.plan.Backup.ID, "position", r.prev.Position)
+	return from, nil
+}
+
+func (r *restorer) state(pos string, logDDL bool, phase string) state {
+	return state{BackupID: r.plan.Backup.ID, Target: r.sum.Target, Position: pos, DDLInBinlog: logDDL, Phase: phase}
+}
+
+// replay replays the segments after from and records the final position
+// on the target, with the target's flushes relaxed until it returns.
+func (r *restorer) replay(ctx context.Context, from startPoint) error {
+	r.o.Progress.Phase.Store("replaying")
+	for _, s := range r.plan.Segments {
+		r.o.Progress.TxnsTotal.Add(int64(s.Txns))
+	}
+	replayStart := time.Now()
+	if from.logDDL {
+		r.sum.ReplayWarning = append(r.sum.ReplayWarning, "each DDL was logged in the target's binlog under its source GTID (binlog reset first), so that a resume knows whether it ran")
+	}
+	restoreDurability, durability := relaxDurability(ctx, r.db, r.o.Log)
+	r.sum.Durability = durability
+	defer restoreDurability()
+	rp := newReplayer(r.plan, r.o, from)
+	final, err := rp.run(ctx, r.st, r.dsn)
+	r.sum.Replay = time.Since(replayStart)
+	r.sum.BinlogOff = rp.binlogOff
+	r.sum.ReplayWarning = append(r.sum.ReplayWarning, rp.notes...)
+	r.sum.Transactions, r.sum.Segments, r.sum.BinlogBytes = rp.txns, rp.segments, rp.binlogBytes
+	if err != nil {
+		return err
+	}
+	r.sum.FinalGTID, r.sum.StoppedAt = final.String(), rp.stoppedAt()
+	r.sum.GTIDRecorded = recordGTID(ctx, r.db, final.String(), r.o.Log)
+	if err := dropState(ctx, r.db, false); err != nil {
+		r.o.Log.Warn("could not drop the restore's state database", "err", err.Error())
+	}
+	r.o.Progress.Phase.Store("done")
+	r.sum.Total = time.Since(r.started)
+	return nil
+}
+
+// replayer applies a plan's segments to the target on one connection.
+// Its three positions move at different times: queued when the batcher
+// takes a transaction, ckpt when a group's checkpoint statement is built
+// (it commits with the group), applied when the target has committed it.
+type replayer struct {
+	plan    *Plan
+	o       Options
+	logDDL  bool
+	ddlDone func(gtid string) bool
+
+	c *replay.Conn
+	b *replay.Batcher
+
+	queued  binlog.GTIDSet
+	ckpt    binlog.GTIDSet
+	applied binlog.GTIDSet
+
+	// What the summary reports.
+	binlogOff   bool
+	notes       []string
+	txns        int64
+	segments    int
+	binlogBytes int64
+	stopped     bool // at the first transaction past the target
+}
+
+func newReplayer(plan *Plan, o Options, from startPoint) *replayer {
+	return &replayer{plan: plan, o: o, logDDL: from.logDDL, ddlDone: from.ddlDone,
+		queued: from.pos.Clone(), ckpt: from.pos.Clone(), applied: from.pos.Clone()}
+}
+
+// run replays the segments and returns the target's final position.
+func (r *replayer) run(ctx context.Context, st storage.Store, dsn dbconn.DSN) (binlog.GTIDSet, error) {
+	if len(r.plan.Segments) == 0 {
+		r.binlogOff = true
+		return r.applied, nil
+	}
+	var err error
+	if r.c, err = replay.Dial(ctx, dsn); err != nil {
+		return r.applied, usage.Wrap(dbconn.Explain("target", dsn, err))
+	}
+	defer r.c.Close()
+	stop := context.AfterFunc(ctx, r.c.Interrupt)
 	defer stop()
-	mode := replay.Restore
-	binlogOff = true
-	if err := c.Exec("SET SESSION sql_log_bin=0"); err != nil {
-		// Without BINLOG ADMIN the target logs what is replayed: then each
-		// transaction keeps its source GTID, as on a replica (slower).
-		binlogOff, mode, logDDL = false, replay.Replica, false
-		sum.ReplayWarning = append(sum.ReplayWarning, "the user may not turn the binlog off (BINLOG ADMIN): replayed one commit per transaction, each logged with its source GTID")
-	}
-	c.Exec("SET SESSION binlog_annotate_row_events=0")
+	r.b = replay.New(r.c, r.options(r.session()))
 
-	target := plan.Target
-	applied := pos.Clone() // what is committed on the target
-	queued := pos.Clone()  // what the batcher has taken
-	ckpt := pos.Clone()    // what the checkpoints written so far record
-	var mu sync.Mutex
-	var filter replay.Filter
-	if len(o.Databases) > 0 {
-		filter = replay.NewFilter(o.Databases, nil)
-	}
-	b := replay.New(c, replay.Options{
-		Mode:      mode,
-		GroupTxns: o.GroupTxns,
-		BatchTxns: 2 * o.GroupTxns,
-		Filter:    filter,
-		LogDDL:    logDDL,
-		Skip: func(g string, _ bool) (bool, error) {
-			if queued.ContainsGTID(g) {
-				return true, nil
-			}
-			if ddlDone != nil && ddlDone(g) {
-				// Past the checkpoint, yet it ran: the stop came between
-				// a DDL and its checkpoint.
-				o.Log.Info("skipping a DDL the target's binlog shows ran before the stop", "gtid", g)
-				queued.Add(g)
-				ckpt.Add(g)
-				return true, nil
-			}
-			return false, nil
-		},
-		Stop: func(t replay.Txn) bool {
-			switch {
-			case target.Time != nil:
-				return int64(t.Time) > target.Time.Unix()
-			case target.StopBefore != "":
-				return t.GTID == target.StopBefore
-			case target.GTID != "":
-				// Everything up to the target is taken (or was in the
-				// backup already): stop before the next one.
-				if queued.ContainsGTID(target.GTID) {
-					return true
-				}
-			}
-			queued.Add(t.GTID)
-			return false
-		},
-		// Groups are checkpointed in order, each inside its own commit, so
-		// the running set is exactly what that commit makes durable.
-		Checkpoint: func(group []replay.Txn) string {
-			for _, t := range group {
-				ckpt.Add(t.GTID)
-			}
-			return checkpointSQL(state{BackupID: plan.Backup.ID, Target: target.String(), Position: ckpt.String(), DDLInBinlog: logDDL, Phase: phaseReplay})
-		},
-		Committed: func(t replay.Txn) {
-			mu.Lock()
-			applied.Add(t.GTID)
-			mu.Unlock()
-			o.Progress.TxnsDone.Add(1)
-			sum.Transactions++
-		},
-		Log: o.Log,
-	})
-
-	tmp, err := os.MkdirTemp(o.TempDir, "binvault-restore-")
+	tmp, err := os.MkdirTemp(r.o.TempDir, "binvault-restore-")
 	if err != nil {
-		return final, "", binlogOff, err
+		return r.applied, err
 	}
 	defer os.RemoveAll(tmp)
-	fetched := prefetch(ctx, st, plan.Segments, tmp, 3)
-	stopped := false
-	for f := range fetched {
-		if f.err != nil {
-			// Keep what the good segments brought, checkpointed, so a
-			// rerun can resume once the object is repaired.
-			if err := b.Finish(); err != nil {
-				return applied, "", binlogOff, err
-			}
-			return applied, "", binlogOff, fmt.Errorf("restore stopped before segment %d (nothing of it or after it was applied; the target holds everything up to GTID %q; rerun with --resume once the object is repaired): %w", f.seg.Seq, applied.String(), f.err)
-		}
-		err := replayFile(ctx, b, f.path, f.seg.Source.Flavor)
-		os.Remove(f.path)
-		if errors.Is(err, replay.ErrStop) {
-			stopped = true
-			sum.Segments++ // read up to the stop point
-			break
-		}
-		if err != nil {
-			return applied, "", binlogOff, fmt.Errorf("segment %d: %w", f.seg.Seq, err)
-		}
-		sum.Segments++
-		sum.BinlogBytes += f.seg.Bytes
-		o.Progress.SegmentsDone.Add(1)
-		o.Progress.BytesDone.Add(f.seg.Bytes)
+	err = fetchAhead(ctx, st, r.plan.Segments, tmp, segmentsAhead, func(f fetchedSegment) error {
+		return r.segment(ctx, f)
+	})
+	if err != nil && !errors.Is(err, replay.ErrStop) {
+		return r.applied, err
 	}
 	if ctx.Err() != nil {
-		return applied, "", binlogOff, ctx.Err()
+		return r.applied, ctx.Err()
 	}
-	if err := b.Finish(); err != nil {
-		return applied, "", binlogOff, err
+	if err := r.b.Finish(); err != nil {
+		return r.applied, err
 	}
-	if target.GTID != "" && !applied.ContainsGTID(target.GTID) {
-		return applied, "", binlogOff, fmt.Errorf("the archive ended before GTID %s", target.GTID)
+	if g := r.plan.Target.GTID; g != "" && !r.applied.ContainsGTID(g) {
+		return r.applied, fmt.Errorf("the archive ended before GTID %s", g)
 	}
-	if stopped {
-		stoppedAt = "the first transaction past the target"
+	return r.applied, nil
+}
+
+// session turns the binlog off for the replay and returns the mode that
+// allows. Without BINLOG ADMIN the target logs what is replayed: then each
+// transaction keeps its source GTID, as on a replica (slower).
+func (r *replayer) session() replay.Mode {
+	mode := replay.Restore
+	r.binlogOff = true
+	if err := r.c.Exec("SET SESSION sql_log_bin=0"); err != nil {
+		r.binlogOff, mode, r.logDDL = false, replay.Replica, false
+		r.notes = append(r.notes, "the user may not turn the binlog off (BINLOG ADMIN): replayed one commit per transaction, each logged with its source GTID")
 	}
-	return applied, stoppedAt, binlogOff, nil
+	r.c.Exec("SET SESSION binlog_annotate_row_events=0")
+	return mode
+}
+
+func (r *replayer) options(mode replay.Mode) replay.Options {
+	var filter replay.Filter
+	if len(r.o.Databases) > 0 {
+		filter = replay.NewFilter(r.o.Databases, nil)
+	}
+	return replay.Options{
+		Mode:       mode,
+		GroupTxns:  r.o.GroupTxns,
+		BatchTxns:  2 * r.o.GroupTxns,
+		Filter:     filter,
+		LogDDL:     r.logDDL,
+		Skip:       r.skip,
+		Stop:       r.stop,
+		Checkpoint: r.checkpoint,
+		Committed:  r.committed,
+		Log:        r.o.Log,
+	}
+}
+
+func (r *replayer) skip(g string, _ bool) (bool, error) {
+	if r.queued.ContainsGTID(g) {
+		return true, nil
+	}
+	if r.ddlDone != nil && r.ddlDone(g) {
+		// Past the checkpoint, yet it ran: the stop came between a DDL
+		// and its checkpoint.
+		r.o.Log.Info("skipping a DDL the target's binlog shows ran before the stop", "gtid", g)
+		r.queued.Add(g)
+		r.ckpt.Add(g)
+		return true, nil
+	}
+	return false, nil
+}
+
+func (r *replayer) stop(t replay.Txn) bool {
+	target := r.plan.Target
+	switch {
+	case target.Time != nil:
+		return int64(t.Time) > target.Time.Unix()
+	case target.StopBefore != "":
+		return t.GTID == target.StopBefore
+	case target.GTID != "":
+		// Everything up to the target is taken (or was in the backup
+		// already): stop before the next one.
+		if r.queued.ContainsGTID(target.GTID) {
+			return true
+		}
+	}
+	r.queued.Add(t.GTID)
+	return false
+}
+
+// checkpoint records a group's progress. Groups are checkpointed in
+// order, each inside its own commit, so the running set is exactly what
+// that commit makes durable.
+func (r *replayer) checkpoint(group []replay.Txn) string {
+	for _, t := range group {
+		r.ckpt.Add(t.GTID)
+	}
+	return checkpointSQL(state{BackupID: r.plan.Backup.ID, Target: r.plan.Target.String(), Position: r.ckpt.String(), DDLInBinlog: r.logDDL, Phase: phaseReplay})
+}
+
+func (r *replayer) committed(t replay.Txn) {
+	r.applied.Add(t.GTID)
+	r.o.Progress.TxnsDone.Add(1)
+	r.txns++
+}
+
+// segment replays one fetched segment; replay.ErrStop ends the replay at
+// the target.
+func (r *replayer) segment(ctx context.Context, f fetchedSegment) error {
+	if f.err != nil {
+		// Keep what the good segments brought, checkpointed, so a rerun
+		// can resume once the object is repaired.
+		if err := r.b.Finish(); err != nil {
+			return err
+		}
+		return fmt.Errorf("restore stopped before segment %d (nothing of it or after it was applied; the target holds everything up to GTID %q; rerun with --resume once the object is repaired): %w", f.seg.Seq, r.applied.String(), f.err)
+	}
+	err := replayFile(ctx, r.b, f.path, f.seg.Source.Flavor)
+	os.Remove(f.path)
+	if errors.Is(err, replay.ErrStop) {
+		r.stopped = true
+		r.segments++ // read up to the stop point
+		return err
+	}
+	if err != nil {
+		return fmt.Errorf("segment %d: %w", f.seg.Seq, err)
+	}
+	r.segments++
+	r.binlogBytes += f.seg.Bytes
+	r.o.Progress.SegmentsDone.Add(1)
+	r.o.Progress.BytesDone.Add(f.seg.Bytes)
+	return nil
+}
+
+func (r *replayer) stoppedAt() string {
+	if r.stopped {
+		return "the first transaction past the target"
+	}
+	return ""
 }
 
 func replayFile(ctx context.Context, b *replay.Batcher, path, flavor string) error {
@@ -386,9 +527,32 @@ type fetchedSegment struct {
 	err  error
 }
 
+// fetchAhead calls fn for each segment in order, each fetched by prefetch
+// up to ahead segments before fn needs it, and returns fn's first error.
+// The prefetch ends before fetchAhead returns, whichever way it returns:
+// left alone, it would block forever on a send nobody receives, holding a
+// goroutine and a file in dir (which the caller is about to remove).
+func fetchAhead(ctx context.Context, st storage.Store, segs []archive.Segment, dir string, ahead int, fn func(fetchedSegment) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	fetched := prefetch(ctx, st, segs, dir, ahead)
+	defer func() {
+		cancel()
+		for f := range fetched { // fetched, never replayed
+			os.Remove(f.path)
+		}
+	}()
+	for f := range fetched {
+		if err := fn(f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // prefetch downloads segments ahead of the replay, each decompressed into a
 // local file and verified whole (stored checksum, binlog SHA-256) before it
-// is handed over, so nothing of a damaged segment is ever applied.
+// is handed over, so nothing of a damaged segment is ever applied. It stops
+// when ctx ends, removing the file it could not hand over.
 func prefetch(ctx context.Context, st storage.Store, segs []archive.Segment, dir string, ahead int) <-chan fetchedSegment {
 	out := make(chan fetchedSegment, ahead)
 	go func() {
@@ -399,6 +563,7 @@ func prefetch(ctx context.Context, st storage.Store, segs []archive.Segment, dir
 			select {
 			case out <- fetchedSegment{s, path, err}:
 			case <-ctx.Done():
+				os.Remove(path)
 				return
 			}
 			if err != nil {

@@ -98,7 +98,7 @@ with --resume.`,
 	fl.BoolVar(&f.dryRun, "dry-run", false, "print the plan and change nothing")
 	fl.BoolVar(&f.force, "force", false, "restore into a server that already holds user databases (the backup's are replaced), or over an unfinished restore")
 	fl.BoolVar(&f.resume, "resume", false, "continue an unfinished restore from its checkpoint")
-	fl.IntVar(&f.parallel, "parallel", 4, "tables loaded at once")
+	fl.IntVar(&f.parallel, "parallel", restore.DefaultParallel, "tables loaded at once")
 	fl.BoolVar(&f.asJSON, "json", false, "print the plan or summary as one JSON document")
 	fl.StringSliceVar(&f.databases, "databases", nil, "restore only these databases (comma-separated); their rows and DDL are replayed, the rest skipped")
 	return c
