@@ -18,6 +18,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/binvault/binvault/internal/archive"
+	"github.com/binvault/binvault/internal/config"
 	"github.com/binvault/binvault/internal/dbconn"
 	"github.com/binvault/binvault/internal/usage"
 	"github.com/binvault/binvault/storage"
@@ -68,10 +69,10 @@ const maxRanges = 10000
 // interrupted backups left, and writes the manifest last.
 func Run(ctx context.Context, st storage.Store, dsn dbconn.DSN, o Options) (m *Manifest, err error) {
 	if o.Parallel <= 0 {
-		o.Parallel = 4
+		o.Parallel = config.DefaultBackupParallel
 	}
 	if o.ChunkBytes <= 0 {
-		o.ChunkBytes = 64 << 20
+		o.ChunkBytes = int64(config.DefaultChunkSize)
 	}
 	if o.Log == nil {
 		o.Log = slog.Default()

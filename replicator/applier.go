@@ -23,6 +23,14 @@ import (
 	"github.com/binvault/binvault/storage"
 )
 
+const (
+	// stableSession: a session that lasted this long worked; the next
+	// reconnect starts again at the shortest delay.
+	stableSession = time.Minute
+	// predecessorWait bounds the wait for a killed predecessor connection.
+	predecessorWait = 2 * time.Minute
+)
+
 // ApplierOptions configure the replica applier.
 type ApplierOptions struct {
 	DSN           dbconn.DSN
@@ -208,7 +216,7 @@ func (a *Applier) Run(ctx context.Context) error {
 		a.mu.Lock()
 		a.lastErr = err.Error()
 		a.mu.Unlock()
-		if time.Since(started) > time.Minute {
+		if time.Since(started) > stableSession {
 			b.Reset()
 		}
 		if b.Wait(ctx, a.opts.Log, "replica applier interrupted; reconnecting", "err", err.Error()) != nil {
@@ -242,7 +250,7 @@ func (a *Applier) takeOver(ctx context.Context, c *replay.Conn) error {
 				return fmt.Errorf("stop the previous applier connection %d: %w", old.ConnID, err)
 			}
 		}
-		deadline := time.Now().Add(2 * time.Minute)
+		deadline := time.Now().Add(predecessorWait)
 		for {
 			r, err := c.Query(fmt.Sprintf("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = %d", old.ConnID))
 			if err != nil {
@@ -253,7 +261,7 @@ func (a *Applier) takeOver(ctx context.Context, c *replay.Conn) error {
 				break
 			}
 			if time.Now().After(deadline) {
-				return fmt.Errorf("the previous applier connection %d is still running on the replica after 2 minutes", old.ConnID)
+				return fmt.Errorf("the previous applier connection %d is still running on the replica after %s", old.ConnID, predecessorWait)
 			}
 			select {
 			case <-ctx.Done():

@@ -22,6 +22,15 @@ import (
 	"github.com/binvault/binvault/internal/usage"
 )
 
+// Defaults of the stream and the spool.
+const (
+	// DefaultHeartbeat is the primary's heartbeat period asked for; the link
+	// is declared dead after three missed heartbeats.
+	DefaultHeartbeat = 2 * time.Second
+	// spoolWriteBuffer holds a segment's writes until a commit flushes them.
+	spoolWriteBuffer = 256 << 10
+)
+
 // SourceOptions configure the binlog stream.
 type SourceOptions struct {
 	DSN      dbconn.DSN
@@ -212,7 +221,7 @@ func CheckResumable(ctx context.Context, o SourceOptions, flavor string, pos bin
 // NewSource prepares a stream into spool; info comes from Preflight.
 func NewSource(o SourceOptions, info dbconn.ServerInfo, spool *Spool) *Source {
 	if o.Heartbeat == 0 {
-		o.Heartbeat = 2 * time.Second
+		o.Heartbeat = DefaultHeartbeat
 	}
 	return &Source{opts: o, spool: spool, info: info}
 }

@@ -304,7 +304,7 @@ func (s *Spool) recoverOpen(seq uint64) error {
 	o.committed, o.durable = committed, committed
 	o.arrived = o.meta.FirstTime
 	o.hashState = marshalHash(o.h)
-	o.w = bufio.NewWriterSize(f, 256<<10)
+	o.w = bufio.NewWriterSize(f, spoolWriteBuffer)
 	end.File = st.File
 	end.GTIDSet = o.set.String()
 	o.meta.End = end
@@ -436,7 +436,7 @@ func (s *Spool) createLocked(ts uint32) error {
 	if err != nil {
 		return err
 	}
-	o := &openSegment{seq: seq, f: f, w: bufio.NewWriterSize(f, 256<<10), h: sha256.New(), opened: time.Now(), tables: map[string]struct{}{}}
+	o := &openSegment{seq: seq, f: f, w: bufio.NewWriterSize(f, spoolWriteBuffer), h: sha256.New(), opened: time.Now(), tables: map[string]struct{}{}}
 	o.meta = archive.Segment{Format: archive.SegmentFormat, Seq: seq, Source: s.source, Start: s.end, End: s.end}
 	o.set = s.endSet.Clone()
 	for _, b := range [][]byte{binlog.Magic, s.fde} {

@@ -96,10 +96,11 @@ func (d *daemon) setup(ctx context.Context, startFrom string) error {
 	if startFrom != "" && !strings.HasPrefix(startFrom, "gtid:") {
 		return usage.Errorf("--start-from %q: write gtid:SET, e.g. gtid:0-1-1000", startFrom)
 	}
-	d.store, err = openStore(ctx, cfg)
+	st, err := openStore(ctx, cfg)
 	if err != nil {
 		return err
 	}
+	d.store = storage.Counted(st, func(op string) { d.metrics.StoreRequests.WithLabelValues(op).Inc() })
 	if ck, ok := d.store.(storage.Checker); ok {
 		if err := ck.Check(ctx); err != nil {
 			return usage.Wrap(err)

@@ -25,6 +25,7 @@ type Metrics struct {
 	ArchiveUploadErrors   prometheus.Counter
 	ArchiveNewestTxnTime  prometheus.Gauge
 	ArchiveUploadDuration prometheus.Histogram
+	StoreRequests         *prometheus.CounterVec // operation=put|put_if_absent|get|stat|list|delete
 
 	ReplicaConnected    prometheus.Gauge
 	ReplicaAppliedTxns  prometheus.Counter
@@ -66,8 +67,14 @@ func New() *Metrics {
 	m.ArchiveUploadErrors = counter("archive_upload_errors_total", "Failed segment upload attempts (each is retried).")
 	m.ArchiveNewestTxnTime = gauge("archive_newest_transaction_timestamp_seconds", "Commit time (Unix seconds) of the newest archived transaction.")
 	m.ArchiveUploadDuration = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "binvault", Name: "archive_upload_duration_seconds",
-		Help: "Time to compress and upload one segment with its manifest.", Buckets: prometheus.ExponentialBuckets(0.01, 2, 12)})
+		Help: "Time to compress and upload one segment (one object, its manifest inside).", Buckets: prometheus.ExponentialBuckets(0.01, 2, 12)})
 	f(m.ArchiveUploadDuration)
+	m.StoreRequests = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "binvault", Name: "store_requests_total",
+		Help: "Requests the daemon made to the store, by operation (put, put_if_absent, get, stat, list, delete): object stores bill by the request."}, []string{"operation"})
+	for _, op := range []string{"put", "put_if_absent", "get", "stat", "list", "delete"} {
+		m.StoreRequests.WithLabelValues(op)
+	}
+	f(m.StoreRequests)
 	m.ReplicaConnected = gauge("replica_connected", "1 while the applier is connected to the replica.")
 	m.ReplicaAppliedTxns = counter("replica_applied_transactions_total", "Source transactions committed on the replica.")
 	m.ReplicaApplyErrors = counter("replica_apply_errors_total", "Transactions the replica refused (the applier stops at each).")

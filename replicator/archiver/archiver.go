@@ -22,6 +22,15 @@ import (
 	"github.com/binvault/binvault/storage"
 )
 
+const (
+	// DefaultCatalogInterval: how often uploaded manifests are gathered
+	// into a catalog object (one PUT each time).
+	DefaultCatalogInterval = time.Minute
+	// orphanGrace: a format-1 segment object without a manifest younger
+	// than this may be another writer's upload in progress, not an orphan.
+	orphanGrace = 2 * time.Minute
+)
+
 // SegmentSource is what the archiver needs of the spool.
 type SegmentSource interface {
 	// Closed returns closed segments after seq, oldest first.
@@ -73,7 +82,7 @@ var ErrConflict = errors.New("archive conflict")
 // New returns an archiver; Run reads the archive's state first.
 func New(st storage.Store, src SegmentSource, o Options) *Archiver {
 	if o.CatalogInterval == 0 {
-		o.CatalogInterval = time.Minute
+		o.CatalogInterval = DefaultCatalogInterval
 	}
 	return &Archiver{store: st, src: src, opts: o, lastCat: time.Now()}
 }
@@ -336,7 +345,7 @@ func (a *Archiver) resolveExisting(ctx context.Context, key string, seg archive.
 	if err != nil {
 		return storage.ObjectInfo{}, fmt.Errorf("stat existing %s: %w", key, err)
 	}
-	if !oi.ModTime.IsZero() && time.Since(oi.ModTime) < 2*time.Minute {
+	if !oi.ModTime.IsZero() && time.Since(oi.ModTime) < orphanGrace {
 		return storage.ObjectInfo{}, fmt.Errorf("%w: %s holds a fresh, different segment %d without manifest: another binvault may be writing to this storage.url", ErrConflict, a.store, seg.Seq)
 	}
 	a.opts.Log.Warn("replacing an orphaned segment object left by an interrupted run", "key", key)
