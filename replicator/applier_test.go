@@ -18,7 +18,9 @@ import (
 )
 
 // The regression tests here each reproduce one pitfall of replaying with
-// BINLOG statements listed in FACTS.md; each caused silent data loss or
+// BINLOG statements (table maps split from their rows, the k-th statement
+// of a packet failing, GTIDs across domains, annotations, a restart while
+// a packet runs, a crash during DDL); each caused silent data loss or
 // forged GTIDs when ignored.
 
 type pipeline struct {

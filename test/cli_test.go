@@ -11,7 +11,30 @@ import (
 )
 
 func TestEveryCommandAnswersHelp(t *testing.T) {
-	for _, c := range []string{"run", "backup", "backups", "segments", "restore", "verify", "status", "prune", "version"} {
+	// Every command the binary lists, so a new one cannot be missed here,
+	// and every command of the contract, so none can disappear.
+	top := binvault(t, nil, "--help")
+	listed := map[string]bool{}
+	inList := false
+	for _, line := range strings.Split(top.stdout, "\n") {
+		switch {
+		case strings.HasPrefix(line, "Available Commands:"):
+			inList = true
+		case inList && strings.TrimSpace(line) == "":
+			inList = false
+		case inList:
+			listed[strings.Fields(line)[0]] = true
+		}
+	}
+	for _, c := range []string{"run", "backup", "backups", "segments", "find", "restore", "verify", "status", "prune", "version"} {
+		if !listed[c] {
+			t.Errorf("binvault --help does not list %s:\n%s", c, top.stdout)
+		}
+	}
+	for c := range listed {
+		if c == "help" || c == "completion" {
+			continue
+		}
 		r := binvault(t, nil, c, "--help")
 		if r.code != 0 || !strings.Contains(r.stdout, "Usage:") {
 			t.Errorf("binvault %s --help: %s", c, r)

@@ -1,7 +1,3 @@
-// Command binvault streams, archives, backs up and restores MySQL/MariaDB.
-// This package only wires flags and configuration to the packages that do
-// the work, and maps their errors to exit codes: 0 success, 1 operational
-// failure, 2 usage or configuration error.
 package main
 
 import (

@@ -75,8 +75,9 @@ func (g *Grouper) Feed(ev Event) (Role, error) {
 			return Outside, fmt.Errorf("GTID %s starts inside the unfinished transaction %s", e.GTID.String(), g.cur.GTID)
 		}
 		// The GTID comes from the raw bytes, not the parsed event: go-mysql
-		// before v1.15 overwrote parsed sequence numbers (see FACTS.md), and
-		// the archive must never carry a wrong GTID.
+		// before v1.15 overwrote the parsed sequence numbers of buffered
+		// events (replicator's TestBufferedGTIDEventsKeepTheirSequenceNumbers),
+		// and the archive must never carry a wrong GTID.
 		if len(ev.Raw) < HeaderSize+12 {
 			return Outside, fmt.Errorf("GTID event of %d bytes is too short", len(ev.Raw))
 		}
