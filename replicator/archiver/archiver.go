@@ -148,8 +148,22 @@ func (a *Archiver) Run(ctx context.Context) error {
 		return err
 	}
 	a.inited.Store(true)
-	if err := a.reconcile(ctx); err != nil {
-		return err
+	// Reading the store may fail for a while like any upload: retried, as
+	// uploads are; only a conflict ends the archiver.
+	for b := a.opts.Retry.Start(); ; {
+		err := a.reconcile(ctx)
+		if err == nil {
+			break
+		}
+		if errors.Is(err, ErrConflict) {
+			return err
+		}
+		a.mu.Lock()
+		a.lastErr = err.Error()
+		a.mu.Unlock()
+		if b.Wait(ctx, a.opts.Log, "cannot check the segments an earlier run uploaded; retrying", "err", err.Error()) != nil {
+			return nil
+		}
 	}
 	tick := time.NewTicker(a.opts.CatalogInterval / 4)
 	defer tick.Stop()

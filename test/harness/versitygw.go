@@ -66,6 +66,7 @@ func fileExists(p string) bool {
 // StartS3 starts versitygw with one bucket and stops it at test cleanup.
 func StartS3(t testing.TB) *S3 {
 	t.Helper()
+	skipInUnitRun(t, "an S3 server (versitygw)")
 	bin, err := VersityGWPath()
 	if err != nil {
 		missing(t, err.Error())
