@@ -33,7 +33,7 @@ func Chain(m *Manifest, segs []archive.Segment) ChainStatus {
 	}
 	// The unbroken run that ends with the newest segment.
 	i := len(segs) - 1
-	for i > 0 && segs[i].Seq == segs[i-1].Seq+1 && segs[i].Start.GTIDSet == segs[i-1].End.GTIDSet {
+	for i > 0 && segs[i].Follows(segs[i-1]) {
 		i--
 	}
 	first, last := segs[i], segs[len(segs)-1]

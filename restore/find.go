@@ -134,7 +134,7 @@ func findIn(ctx context.Context, st storage.Store, s archive.Segment, q FindQuer
 		case *replication.QueryEvent:
 			text := strings.TrimSpace(string(e.Query))
 			if db, table, ok := replay.DDLTarget(text, string(e.Schema)); ok && db == q.DB && (table == q.Table || table == "") {
-				if table == q.Table || strings.EqualFold(text[:min(len(text), 13)], "DROP DATABASE") || strings.HasPrefix(strings.ToUpper(text), "DROP SCHEMA") {
+				if table == q.Table || dropsDatabase(text) {
 					cur.Kind = "ddl"
 					cur.Statement = binlog.Shorten(text, 160)
 				}
@@ -162,4 +162,11 @@ func inWindow(t time.Time, q FindQuery) bool {
 		return false
 	}
 	return true
+}
+
+// dropsDatabase reports a DROP DATABASE or DROP SCHEMA statement (which
+// takes every table of the database with it), however it is spaced.
+func dropsDatabase(stmt string) bool {
+	w := strings.Fields(strings.ToUpper(stmt))
+	return len(w) >= 2 && w[0] == "DROP" && (w[1] == "DATABASE" || w[1] == "SCHEMA")
 }

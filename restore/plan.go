@@ -186,7 +186,7 @@ func rollForward(flavor string, pos binlog.GTIDSet, segs []archive.Segment) ([]a
 	}
 	run := []archive.Segment{segs[start]}
 	for i := start + 1; i < len(segs); i++ {
-		if segs[i].Seq != segs[i-1].Seq+1 || segs[i].Start.GTIDSet != segs[i-1].End.GTIDSet {
+		if !segs[i].Follows(segs[i-1]) {
 			break
 		}
 		run = append(run, segs[i])
@@ -239,7 +239,7 @@ func describeCoverage(backups []*backup.Manifest, segs []archive.Segment) string
 	var runs []string
 	start := 0
 	for i := 1; i <= len(segs); i++ {
-		if i == len(segs) || segs[i].Seq != segs[i-1].Seq+1 || segs[i].Start.GTIDSet != segs[i-1].End.GTIDSet {
+		if i == len(segs) || !segs[i].Follows(segs[i-1]) {
 			a, b := segs[start], segs[i-1]
 			runs = append(runs, fmt.Sprintf("transactions from %s to %s (GTID %q to %q)", fmtTime(a.FirstTime), fmtTime(b.LastTime), a.Start.GTIDSet, b.End.GTIDSet))
 			start = i

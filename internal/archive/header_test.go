@@ -153,3 +153,19 @@ func FuzzDecodeHeader(f *testing.F) {
 		}
 	})
 }
+
+func TestFollowsComparesPositionsAsSets(t *testing.T) {
+	a := Segment{Seq: 4, Source: Source{Flavor: "mariadb"}, End: binlog.Position{GTIDSet: "0-1-5,1-2-3"}}
+	b := Segment{Seq: 5, Source: Source{Flavor: "mariadb"}, Start: binlog.Position{GTIDSet: "1-2-3,0-1-5"}}
+	if !b.Follows(a) {
+		t.Fatal("one position spelled in another domain order is a gap")
+	}
+	b.Start.GTIDSet = "0-1-5"
+	if b.Follows(a) {
+		t.Fatal("a missing domain is no gap")
+	}
+	b.Start.GTIDSet, b.Seq = "0-1-5,1-2-3", 6
+	if b.Follows(a) {
+		t.Fatal("a missing segment number is no gap")
+	}
+}

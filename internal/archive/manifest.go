@@ -69,6 +69,13 @@ type Source struct {
 	Port     int    `json:"port,omitempty"`
 }
 
+// Follows reports whether s continues prev without gap or overlap: the
+// next number, starting at the position prev ends at (compared as GTID
+// sets, so two spellings of one position agree).
+func (s Segment) Follows(prev Segment) bool {
+	return s.Seq == prev.Seq+1 && binlog.SamePosition(s.Source.Flavor, s.Start.GTIDSet, prev.End.GTIDSet)
+}
+
 // Segment is the manifest of one segment: what it holds and where it sits
 // in the chain. Segment seq starts where seq-1 ended: Start equals the
 // previous segment's End.

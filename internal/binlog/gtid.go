@@ -134,6 +134,18 @@ func (s GTIDSet) SameAtEqualSeq(o GTIDSet) bool {
 	return true
 }
 
+// SamePosition reports whether two positions in the flavor's syntax are
+// the same set of transactions; text that does not parse is compared as
+// text.
+func SamePosition(flavor, a, b string) bool {
+	if a == b {
+		return true
+	}
+	sa, err1 := ParseGTIDSet(flavor, a)
+	sb, err2 := ParseGTIDSet(flavor, b)
+	return err1 == nil && err2 == nil && sa.Equal(sb)
+}
+
 // MariaDBGTID is one MariaDB transaction id: domain-server-sequence.
 type MariaDBGTID struct {
 	Domain uint32
