@@ -80,10 +80,26 @@ func NewDecoder(flavor string) *Decoder {
 	return &Decoder{p: p}
 }
 
-// Decode parses one raw event; raw is kept, not copied.
-func (d *Decoder) Decode(raw []byte) (Event, error) {
+// Decode parses one raw event; raw is kept, not copied. A malformed event
+// is an error, never a panic.
+func (d *Decoder) Decode(raw []byte) (ev Event, err error) {
 	if len(raw) < HeaderSize {
 		return Event{}, fmt.Errorf("event of %d bytes is shorter than its header", len(raw))
+	}
+	// go-mysql's decoders index into the body without checking its length,
+	// and a table map or rows event before any format description
+	// dereferences a nil format: damaged bytes would panic.
+	defer func() {
+		if r := recover(); r != nil {
+			ev, err = Event{}, fmt.Errorf("malformed %s event of %d bytes: %v", replication.EventType(raw[4]), len(raw), r)
+		}
+	}()
+	if ParseHeader(raw).Type == replication.MARIADB_GTID_LIST_EVENT && len(raw) >= HeaderSize+4 {
+		// go-mysql sizes the list by its count field before reading it:
+		// a damaged count would allocate up to 4 GiB.
+		if count := binary.LittleEndian.Uint32(raw[HeaderSize:]) & (1<<28 - 1); int64(count)*16 > int64(len(raw)-HeaderSize-4) {
+			return Event{}, fmt.Errorf("GTID list event of %d bytes claims %d GTIDs", len(raw), count)
+		}
 	}
 	be, err := d.p.Parse(raw)
 	if err != nil {
@@ -154,9 +170,8 @@ func (r *Reader) Next() (Event, error) {
 	if h.Size < HeaderSize || h.Size > MaxEventSize {
 		return Event{}, fmt.Errorf("at offset %d: event size %d is impossible: damaged binlog", r.offset, h.Size)
 	}
-	raw := make([]byte, h.Size)
-	copy(raw, r.hdr[:])
-	if _, err := io.ReadFull(r.r, raw[HeaderSize:]); err != nil {
+	raw, err := readEvent(r.r, r.hdr[:], int(h.Size))
+	if err != nil {
 		if err == io.ErrUnexpectedEOF || err == io.EOF {
 			err = ErrTruncated
 		}
@@ -171,6 +186,27 @@ func (r *Reader) Next() (Event, error) {
 	}
 	r.offset += int64(h.Size)
 	return ev, nil
+}
+
+// readEvent reads the rest of an event of size bytes whose header is hdr.
+// Past the first MiB the buffer grows with the bytes that arrive, at most
+// doubling: a damaged size field in a short file costs what the file
+// holds, not the gigabyte it may claim.
+func readEvent(r io.Reader, hdr []byte, size int) ([]byte, error) {
+	raw := make([]byte, min(size, 1<<20))
+	n := copy(raw, hdr)
+	for {
+		if _, err := io.ReadFull(r, raw[n:]); err != nil {
+			return nil, err
+		}
+		n = len(raw)
+		if n == size {
+			return raw, nil
+		}
+		grown := make([]byte, min(size, 2*n))
+		copy(grown, raw)
+		raw = grown
+	}
 }
 
 func noEOF(err error) error {
