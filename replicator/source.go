@@ -1,5 +1,3 @@
-// Package replicator streams the primary's binlog into the spool and
-// (with a replica configured) applies it to the replica.
 package replicator
 
 import (

@@ -1,7 +1,3 @@
-// Package archive defines the archive's layout in a store: object keys, the
-// segment manifest, and the catalog that lets readers find segments without
-// listing and fetching every manifest. docs/archive-format.md is the
-// normative description; this package is its implementation.
 package archive
 
 import (

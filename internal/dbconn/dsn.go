@@ -1,5 +1,3 @@
-// Package dbconn turns binvault's mysql:// URLs into connections, and
-// server errors into messages a DBA can act on.
 package dbconn
 
 import (

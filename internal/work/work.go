@@ -1,4 +1,3 @@
-// Package work runs indexed jobs on a fixed set of workers.
 package work
 
 import (

@@ -1,4 +1,3 @@
-// Package open turns a storage URL from the configuration into a Store.
 package open
 
 import (

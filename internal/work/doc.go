@@ -1,0 +1,2 @@
+// Package work runs indexed jobs on a fixed set of workers.
+package work
