@@ -112,7 +112,7 @@ func (e *ApplyError) Error() string {
 // the DDL itself, or in Restore mode the group's COMMIT) tells by its
 // answer that the transaction is durable.
 type Batcher struct {
-	c    *Conn
+	c    conn
 	o    Options
 	sess *session
 
@@ -153,9 +153,22 @@ type txnState struct {
 	desc       []string
 }
 
+// conn is what a Batcher needs of its connection: statements gathered
+// into one packet, the packet sent with one answer read per statement, and
+// statements run alone. *Conn is the real one; tests put a fake here.
+type conn interface {
+	add(stmt []byte)
+	pending() (stmts, bytes int)
+	flush(timeout time.Duration) (int, error)
+	Exec(q string) error
+	Query(q string) (*mysql.Result, error)
+}
+
 // New prepares a batcher on c; the session starts fresh (the format
 // description is sent before the first rows).
-func New(c *Conn, o Options) *Batcher {
+func New(c *Conn, o Options) *Batcher { return newBatcher(c, o) }
+
+func newBatcher(c conn, o Options) *Batcher {
 	if o.GroupTxns <= 0 {
 		o.GroupTxns = DefaultRestoreGroupTxns
 	}
@@ -613,7 +626,7 @@ func (b *Batcher) Flush() error {
 func (b *Batcher) collation(id uint32) (string, string, bool) {
 	if b.colls == nil {
 		b.colls = map[uint32][2]string{}
-		r, err := b.c.c.Execute("SELECT ID, CHARACTER_SET_NAME, COLLATION_NAME FROM information_schema.COLLATIONS")
+		r, err := b.c.Query("SELECT ID, CHARACTER_SET_NAME, COLLATION_NAME FROM information_schema.COLLATIONS")
 		if err == nil {
 			for i := range r.RowNumber() {
 				cid, _ := r.GetInt(i, 0)
