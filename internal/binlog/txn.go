@@ -91,6 +91,11 @@ func (g *Grouper) Feed(ev Event) (Role, error) {
 		g.cur.CommitID = e.CommitID
 		g.cur.DDL = e.Flags&replication.BINLOG_MARIADB_FL_DDL != 0
 		g.standalone = e.Flags&replication.BINLOG_MARIADB_FL_STANDALONE != 0
+		// MariaDB writes no BEGIN: the GTID event opens the transaction,
+		// so a query inside a transactional group (XA END, a statement
+		// logged in STATEMENT format) is not DDL; the event's DDL flag says
+		// what is.
+		g.sawBegin = !g.standalone
 		return Begin, nil
 	case *replication.GTIDEvent:
 		if g.cur != nil {

@@ -131,7 +131,7 @@ func TestGrouperXAPrepare(t *testing.T) {
 	if roles := feed(t, &g, all); !rolesEqual(roles, Outside, Begin, Middle, Middle, Middle, End) {
 		t.Fatalf("roles %v", roles)
 	}
-	if txn := g.Txn(); txn.GTID != "0-7-8" || txn.Events != 5 {
+	if txn := g.Txn(); txn.GTID != "0-7-8" || txn.Events != 5 || txn.DDL {
 		t.Errorf("%+v", *txn)
 	}
 }

@@ -306,6 +306,13 @@ func (b *Batcher) event(ctx context.Context, ev binlog.Event) error {
 			return fmt.Errorf("transaction %s: rows event for table id %d without a table map", t.GTID, e.TableID)
 		}
 		if !tm.included {
+			if e.Flags&replication.RowsEventStmtEndFlag != 0 {
+				// The statement's end travels on a filtered-out table's
+				// rows: end the piece here, or the server never ends the
+				// statement and skips the rows of the next one in the same
+				// BINLOG statement, without an error.
+				b.flushChunk()
+			}
 			return nil
 		}
 		if !t.inChunk[e.TableID] {

@@ -692,3 +692,30 @@ func TestFilter(t *testing.T) {
 		t.Errorf("statements\n got %s\nwant %s", short(got), short(want))
 	}
 }
+
+// A statement whose end flag travels on an excluded table's rows (a
+// trigger on an included table writing to an excluded one) must still end
+// before the next statement's rows, or the server silently skips them.
+func TestFilterStatementEndOnAnExcludedTable(t *testing.T) {
+	s := newStream(t)
+	w := s.w
+	w.ts++
+	s.add(w.gtid(0, 1, flTrans), w.tableMap(18, "app", "t"), w.tableMap(20, "app", "secret"),
+		w.writeRows(18, false, 10), w.writeRows(20, true, 10),
+		w.tableMap(22, "app", "z"), w.writeRows(22, true, 10), w.xid(1))
+	tMap, tRows, zMap, zRows := s.evs[2].Raw, s.evs[4].Raw, s.evs[6].Raw, s.evs[7].Raw
+	f := newFakeConn()
+	committed, err := run(f, Options{Mode: Replica, Filter: NewFilter([]string{"app"}, []string{"app.secret"})}, s.evs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !sameStrings(committed, gtids(1)) {
+		t.Errorf("committed %v", committed)
+	}
+	want := []string{fdeOf(s), "SET @@session.gtid_domain_id=0, @@session.server_id=7", "SET @@session.gtid_seq_no=1",
+		"SET TIMESTAMP=1700000001", "BEGIN",
+		string(binlogStatement([][]byte{tMap, tRows})), string(binlogStatement([][]byte{zMap, zRows})), "COMMIT"}
+	if got := f.statements(); !sameStrings(got, want) {
+		t.Errorf("statements\n got %s\nwant %s", short(got), short(want))
+	}
+}
