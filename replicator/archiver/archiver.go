@@ -97,6 +97,7 @@ func (a *Archiver) init(ctx context.Context) error {
 		if err == nil {
 			a.mu.Lock()
 			defer a.mu.Unlock()
+			a.lastErr = ""
 			a.floor = max(a.floor, ix.Floor)
 			if last := ix.Last(); last != nil {
 				a.uploaded, a.newest = last.Seq, last
@@ -116,12 +117,23 @@ func (a *Archiver) init(ctx context.Context) error {
 		if errors.As(err, &ce) {
 			return err
 		}
-		a.mu.Lock()
-		a.lastErr = err.Error()
-		a.mu.Unlock()
+		a.setLastError(err)
 		if err := b.Wait(ctx, a.opts.Log, "cannot read the archive's state; retrying", "err", err.Error()); err != nil {
 			return err
 		}
+	}
+}
+
+// setLastError records the outcome of the last store operation: nil once
+// the store answers again, so /readyz and status stop reporting an outage
+// that is over even when nothing is left to upload.
+func (a *Archiver) setLastError(err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err == nil {
+		a.lastErr = ""
+	} else {
+		a.lastErr = err.Error()
 	}
 }
 
@@ -153,15 +165,13 @@ func (a *Archiver) Run(ctx context.Context) error {
 	// uploads are; only a conflict ends the archiver.
 	for b := a.opts.Retry.Start(); ; {
 		err := a.reconcile(ctx)
+		a.setLastError(err)
 		if err == nil {
 			break
 		}
 		if errors.Is(err, ErrConflict) {
 			return err
 		}
-		a.mu.Lock()
-		a.lastErr = err.Error()
-		a.mu.Unlock()
 		if b.Wait(ctx, a.opts.Log, "cannot check the segments an earlier run uploaded; retrying", "err", err.Error()) != nil {
 			return nil
 		}
@@ -240,9 +250,7 @@ func (a *Archiver) uploadClosed(ctx context.Context, retry bool) error {
 				return nil
 			}
 			a.opts.Metrics.ArchiveUploadErrors.Inc()
-			a.mu.Lock()
-			a.lastErr = err.Error()
-			a.mu.Unlock()
+			a.setLastError(err)
 			if errors.Is(err, ErrConflict) || !retry {
 				return err
 			}
