@@ -87,6 +87,11 @@ type SpoolLimits struct {
 // defaultUploadEstimate is assumed before the first upload is measured.
 const defaultUploadEstimate = 50 * time.Millisecond
 
+// rpoSlack is the part of the RPO target kept for what happens outside
+// binvault: the primary sending the transaction, a reader listing the
+// segment. 1% of the target, at least 10 ms.
+func rpoSlack(target time.Duration) time.Duration { return max(10*time.Millisecond, target/100) }
+
 type openSegment struct {
 	seq       uint64
 	f         *os.File
@@ -512,6 +517,9 @@ func (s *Spool) deadlineLocked() time.Time {
 				up = e
 			}
 		}
+		// Beyond the upload, the transaction took a moment to reach us
+		// and a reader takes one to list the segment.
+		up += rpoSlack(s.limits.RPOTarget)
 		// A store slower than half the target cannot meet it: closing
 		// after every transaction would only multiply the requests.
 		up = min(up, s.limits.RPOTarget/2)
