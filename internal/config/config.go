@@ -1,6 +1,7 @@
 package config
 
 import (
+	"crypto/tls"
 	"fmt"
 	"net"
 	"net/url"
@@ -25,6 +26,7 @@ type Config struct {
 	Backup    Backup    `yaml:"backup"`
 	Retention Retention `yaml:"retention"`
 	HTTP      HTTP      `yaml:"http"`
+	Serve     Serve     `yaml:"serve"`
 
 	// Path is the file the configuration came from ("" for defaults).
 	Path string `yaml:"-"`
@@ -84,7 +86,29 @@ type Retention struct {
 
 type HTTP struct {
 	Listen string `yaml:"listen"`
+	// MaxReplicaLag: /health/replica answers 503 above this lag.
+	MaxReplicaLag Duration `yaml:"max_replica_lag"`
 }
+
+// Serve is the binlog server: native replicas replicate from binvault.
+type Serve struct {
+	Listen  string      `yaml:"listen"` // "": off
+	Users   []ServeUser `yaml:"users"`
+	TLSCert string      `yaml:"tls_cert"`
+	TLSKey  string      `yaml:"tls_key"`
+}
+
+// ServeUser is an account replicas log in with. The password comes from a
+// file or an environment variable, never from the configuration itself.
+type ServeUser struct {
+	Name         string `yaml:"name"`
+	PasswordFile string `yaml:"password_file"`
+	PasswordEnv  string `yaml:"password_env"`
+	password     string
+}
+
+// Password is the account's password, read when the configuration loaded.
+func (u ServeUser) Password() string { return u.password }
 
 // Defaults, one block: what a key the file leaves out means.
 // configs/binvault.example.yaml documents the same values (a test checks).
@@ -98,6 +122,7 @@ const (
 	DefaultKeepLast        = 7
 	DefaultKeepWithin      = 168 * time.Hour
 	DefaultHTTPListen      = "127.0.0.1:9420"
+	DefaultMaxReplicaLag   = 5 * time.Second
 )
 
 // Default returns the configuration used for every key the file leaves out.
@@ -108,12 +133,28 @@ func Default() Config {
 		Archive:   Archive{SegmentMaxBytes: DefaultSegmentMaxBytes, RPOTarget: Duration(DefaultRPOTarget)},
 		Backup:    Backup{Parallel: DefaultBackupParallel, ChunkSize: DefaultChunkSize},
 		Retention: Retention{KeepLast: DefaultKeepLast, KeepWithin: Duration(DefaultKeepWithin)},
-		HTTP:      HTTP{Listen: DefaultHTTPListen},
+		HTTP:      HTTP{Listen: DefaultHTTPListen, MaxReplicaLag: Duration(DefaultMaxReplicaLag)},
 	}
 }
 
-// Load reads, expands, decodes and validates the file at path.
-func Load(path string) (*Config, error) {
+// Load reads, expands, decodes and validates the file at path, for a
+// command that talks to the primary (source: is required).
+func Load(path string) (*Config, error) { return load(path, true) }
+
+// LoadServe is Load for `binvault serve`, which needs only storage: and
+// serve: (no source credentials).
+func LoadServe(path string) (*Config, error) {
+	cfg, err := load(path, false)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Serve.Listen == "" {
+		return nil, cfg.errorf("serve.listen: is required for binvault serve: the address replicas connect to, e.g. 0.0.0.0:3307")
+	}
+	return cfg, nil
+}
+
+func load(path string, needSource bool) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		if os.IsNotExist(err) {
@@ -121,7 +162,7 @@ func Load(path string) (*Config, error) {
 		}
 		return nil, fmt.Errorf("read config: %w", err)
 	}
-	cfg, err := Parse(data, path, os.LookupEnv)
+	cfg, err := parse(data, path, os.LookupEnv, needSource)
 	if err != nil {
 		return nil, err
 	}
@@ -130,29 +171,37 @@ func Load(path string) (*Config, error) {
 
 // Parse decodes a configuration; lookup resolves ${VAR} references.
 func Parse(data []byte, path string, lookup func(string) (string, bool)) (*Config, error) {
+	return parse(data, path, lookup, true)
+}
+
+func parse(data []byte, path string, lookup func(string) (string, bool), needSource bool) (*Config, error) {
 	cfg := Default()
 	cfg.Path = path
 	if err := decode(data, path, lookup, &cfg); err != nil {
 		return nil, err
 	}
-	if err := cfg.Validate(); err != nil {
+	if err := cfg.validate(needSource, lookup); err != nil {
 		return nil, err
 	}
 	return &cfg, nil
 }
 
 // Validate checks every field; the first problem is returned, naming the key.
-func (c *Config) Validate() error {
+func (c *Config) Validate() error { return c.validate(true, os.LookupEnv) }
+
+func (c *Config) validate(needSource bool, lookup func(string) (string, bool)) error {
 	fail := func(key, format string, args ...any) error {
 		return c.errorf("%s: %s", key, fmt.Sprintf(format, args...))
 	}
-	if c.Source.DSN == "" {
+	if c.Source.DSN == "" && needSource {
 		return fail("source.dsn", "is required: the primary to stream from, e.g. mysql://repl:${REPL_PASSWORD}@primary:3306")
 	}
-	if _, err := dbconn.Parse(c.Source.DSN); err != nil {
-		return fail("source.dsn", "%v", err)
+	if c.Source.DSN != "" {
+		if _, err := dbconn.Parse(c.Source.DSN); err != nil {
+			return fail("source.dsn", "%v", err)
+		}
 	}
-	if c.Source.ServerID == 0 {
+	if c.Source.ServerID == 0 && needSource {
 		return fail("source.server_id", "is required: a server_id no other server or replica of this primary uses, e.g. 9001")
 	}
 	if c.Replica != nil {
@@ -215,6 +264,68 @@ func (c *Config) Validate() error {
 	if c.HTTP.Listen != "" {
 		if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {
 			return fail("http.listen", "%q is not host:port: use e.g. 127.0.0.1:9420, or \"\" to turn the HTTP server off", c.HTTP.Listen)
+		}
+	}
+	if c.HTTP.MaxReplicaLag <= 0 {
+		return fail("http.max_replica_lag", "must be positive (default %s)", DefaultMaxReplicaLag)
+	}
+	return c.validateServe(lookup)
+}
+
+func (c *Config) validateServe(lookup func(string) (string, bool)) error {
+	fail := func(key, format string, args ...any) error {
+		return c.errorf("%s: %s", key, fmt.Sprintf(format, args...))
+	}
+	s := &c.Serve
+	if s.Listen == "" {
+		return nil
+	}
+	if _, _, err := net.SplitHostPort(s.Listen); err != nil {
+		return fail("serve.listen", "%q is not host:port: use e.g. 0.0.0.0:3307, or leave it out to serve no replicas", s.Listen)
+	}
+	if len(s.Users) == 0 {
+		return fail("serve.users", "is required with serve.listen: at least one account replicas log in with, e.g. - name: repl, password_file: /etc/binvault/serve-repl.pw")
+	}
+	seen := map[string]bool{}
+	for i := range s.Users {
+		u := &s.Users[i]
+		key := fmt.Sprintf("serve.users[%d]", i)
+		if u.Name == "" {
+			return fail(key+".name", "is required: the user name replicas give in CHANGE MASTER TO MASTER_USER")
+		}
+		if seen[u.Name] {
+			return fail(key+".name", "%q appears twice", u.Name)
+		}
+		seen[u.Name] = true
+		switch {
+		case (u.PasswordFile == "") == (u.PasswordEnv == ""):
+			return fail(key, "give exactly one of password_file and password_env (the password itself never goes into the configuration)")
+		case u.PasswordFile != "":
+			u.PasswordFile = c.resolve(u.PasswordFile)
+			b, err := os.ReadFile(u.PasswordFile)
+			if err != nil {
+				return fail(key+".password_file", "%v: create it holding the password (mode 0600)", err)
+			}
+			u.password = strings.TrimRight(string(b), "\r\n")
+		default:
+			v, ok := lookup(u.PasswordEnv)
+			if !ok || v == "" {
+				return fail(key+".password_env", "%s is not set in the environment: export it, or use password_file", u.PasswordEnv)
+			}
+			u.password = v
+		}
+		if u.password == "" {
+			return fail(key, "the password is empty: replicas must log in with a password")
+		}
+		c.secrets = append(c.secrets, u.password)
+	}
+	if (s.TLSCert == "") != (s.TLSKey == "") {
+		return fail("serve.tls_cert", "and serve.tls_key go together: give both (PEM files) or neither")
+	}
+	if s.TLSCert != "" {
+		s.TLSCert, s.TLSKey = c.resolve(s.TLSCert), c.resolve(s.TLSKey)
+		if _, err := tls.LoadX509KeyPair(s.TLSCert, s.TLSKey); err != nil {
+			return fail("serve.tls_cert", "%v: give a PEM certificate and its key", err)
 		}
 	}
 	return nil

@@ -1,6 +1,8 @@
 package config
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -69,6 +71,15 @@ func TestParseErrors(t *testing.T) {
 		{"bad yaml", "source: [\n", []string{"not valid YAML"}},
 		{"duplicate key", minimal + "http:\n  listen: a:1\n  listen: b:2\n", []string{"listen"}},
 		{"bad listen", minimal + "http:\n  listen: nope\n", []string{"http.listen", "host:port"}},
+		{"serve without users", minimal + "serve:\n  listen: 127.0.0.1:3307\n", []string{"serve.users", "required"}},
+		{"serve user without name", minimal + "serve:\n  listen: 127.0.0.1:3307\n  users:\n    - password_env: API_KEY\n", []string{"serve.users[0].name", "required"}},
+		{"serve user with two passwords", minimal + "serve:\n  listen: 127.0.0.1:3307\n  users:\n    - name: r\n      password_env: API_KEY\n      password_file: /x\n", []string{"serve.users[0]", "exactly one"}},
+		{"serve user without password", minimal + "serve:\n  listen: 127.0.0.1:3307\n  users:\n    - name: r\n", []string{"serve.users[0]", "exactly one"}},
+		{"serve password env unset", minimal + "serve:\n  listen: 127.0.0.1:3307\n  users:\n    - name: r\n      password_env: NOPE_PW\n", []string{"serve.users[0].password_env", "NOPE_PW", "not set"}},
+		{"serve password file missing", minimal + "serve:\n  listen: 127.0.0.1:3307\n  users:\n    - name: r\n      password_file: /nonexistent/pw\n", []string{"serve.users[0].password_file", "no such file"}},
+		{"serve bad listen", minimal + "serve:\n  listen: 3307\n", []string{"serve.listen", "host:port"}},
+		{"serve tls half", minimal + "serve:\n  listen: 127.0.0.1:3307\n  users:\n    - name: r\n      password_env: API_KEY\n  tls_cert: /x.pem\n", []string{"serve.tls_cert", "together"}},
+		{"lag zero", minimal + "http:\n  max_replica_lag: 0s\n", []string{"http.max_replica_lag", "positive"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -125,5 +136,34 @@ func TestSize(t *testing.T) {
 	}
 	if s := (64 * MiB).String(); s != "64MiB" {
 		t.Errorf("String = %s", s)
+	}
+}
+
+func TestServeOnlyConfiguration(t *testing.T) {
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "pw")
+	if err := os.WriteFile(pw, []byte("s3cret-pw\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	body := "storage:\n  url: file:///tmp\nserve:\n  listen: 127.0.0.1:3307\n  users:\n    - name: repl\n      password_file: pw\n"
+	path := filepath.Join(dir, "binvault.yaml")
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := LoadServe(path)
+	if err != nil {
+		t.Fatalf("serve needs no source: %v", err)
+	}
+	if u := cfg.Serve.Users[0]; u.Password() != "s3cret-pw" || u.PasswordFile != pw {
+		t.Fatalf("user %+v, password %q", u, u.Password())
+	}
+	if _, err := Load(path); err == nil || !strings.Contains(err.Error(), "source.dsn") {
+		t.Fatalf("run's load without a source: %v", err)
+	}
+	if err := os.WriteFile(path, []byte("storage:\n  url: file:///tmp\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadServe(path); err == nil || !strings.Contains(err.Error(), "serve.listen") {
+		t.Fatalf("serve without serve.listen: %v", err)
 	}
 }
