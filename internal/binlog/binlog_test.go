@@ -12,18 +12,20 @@ import (
 	"testing"
 
 	"github.com/go-mysql-org/go-mysql/replication"
+
+	"github.com/binvault/binvault/internal/binlog/binlogtest"
 )
 
 const realFile = "testdata/mariadb-10.11.binlog"
 
 // smallFile is a format description and one transaction.
 func smallFile() (raw []byte, sizes []int) {
-	w := newEventWriter(7)
-	evs := [][]byte{w.formatDescription(), w.gtid(0, 1, flTrans), w.tableMap(18, "app", "t"), w.writeRows(18, true, 20), w.xid(9)}
+	w := binlogtest.NewEventWriter(7)
+	evs := [][]byte{w.FormatDescription(), w.GTID(0, 1, binlogtest.FlagsTrans), w.TableMap(18, "app", "t"), w.WriteRows(18, true, 20), w.XID(9)}
 	for _, e := range evs {
 		sizes = append(sizes, len(e))
 	}
-	return file(evs...), sizes
+	return binlogtest.File(evs...), sizes
 }
 
 // readAll reads events until an error; it checks the offsets on the way.
@@ -88,9 +90,9 @@ func TestReaderOffsetsAndCleanEnd(t *testing.T) {
 }
 
 func TestReaderWithoutChecksums(t *testing.T) {
-	w := newEventWriter(7)
-	w.noCRC = true
-	raw := file(w.formatDescription(), w.gtid(0, 1, flDDL), w.query("app", "CREATE TABLE t (id INT)"))
+	w := binlogtest.NewEventWriter(7)
+	w.NoCRC = true
+	raw := binlogtest.File(w.FormatDescription(), w.GTID(0, 1, binlogtest.FlagsDDL), w.Query("app", "CREATE TABLE t (id INT)"))
 	r, err := NewReader(bytes.NewReader(raw), "mariadb")
 	if err != nil {
 		t.Fatal(err)
@@ -225,19 +227,18 @@ func TestReaderRealFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	evs, err := readAll(t, r)
+	if err != io.EOF {
+		t.Fatal(err)
+	}
 	var g Grouper
 	var gtids []string
 	rows := 0
-	for {
-		ev, err := r.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if int64(ev.Header.LogPos) != r.Offset() {
-			t.Fatalf("%s ends at log pos %d, reader offset %d", ev.Header.Type, ev.Header.LogPos, r.Offset())
+	off := int64(len(Magic))
+	for _, ev := range evs {
+		// readAll checked that the offset advances by each event's size.
+		if off += int64(len(ev.Raw)); int64(ev.Header.LogPos) != off {
+			t.Fatalf("%s ends at log pos %d, at file offset %d", ev.Header.Type, ev.Header.LogPos, off)
 		}
 		if re, ok := ev.Parsed.(*replication.RowsEvent); ok {
 			rows += len(re.Rows)
@@ -249,6 +250,9 @@ func TestReaderRealFile(t *testing.T) {
 		if role == End {
 			gtids = append(gtids, g.Txn().GTID)
 		}
+	}
+	if r.Offset() != off {
+		t.Errorf("reader offset %d at the end, events add up to %d", r.Offset(), off)
 	}
 	if !r.Checksums {
 		t.Error("Checksums false")
@@ -263,10 +267,15 @@ func TestReaderRealFile(t *testing.T) {
 	}
 }
 
-// TestEventWriterMatchesRealServer keeps the hand-built events honest: the
-// server's own format description announces the post-header lengths the
-// writer uses, and its events have the writer's shapes.
+// TestEventWriterMatchesRealServer keeps the hand-built events of
+// binlogtest.EventWriter honest: the server's own format description
+// announces the post-header lengths the writer uses, and its events have
+// the writer's shapes. binlogtest cannot import this package: its copies of
+// the format's constants must be this package's.
 func TestEventWriterMatchesRealServer(t *testing.T) {
+	if binlogtest.HeaderSize != HeaderSize || !bytes.Equal(binlogtest.Magic, Magic) {
+		t.Errorf("binlogtest has header size %d and magic %x, binlog %d and %x", binlogtest.HeaderSize, binlogtest.Magic, HeaderSize, Magic)
+	}
 	raw, err := os.ReadFile(realFile)
 	if err != nil {
 		t.Fatal(err)
@@ -278,7 +287,7 @@ func TestEventWriterMatchesRealServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	real := ev.Parsed.(*replication.FormatDescriptionEvent)
-	mine, err := NewDecoder("mariadb").Decode(newEventWriter(7).formatDescription())
+	mine, err := NewDecoder("mariadb").Decode(binlogtest.NewEventWriter(7).FormatDescription())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -288,8 +297,8 @@ func TestEventWriterMatchesRealServer(t *testing.T) {
 	}
 	// The server's DDL group (GTID event at 330, 42 bytes) has the size and
 	// flags the writer gives one.
-	w := newEventWriter(7)
-	if g := w.gtid(0, 1, flDDL); !bytes.Equal(g[HeaderSize:len(g)-4], raw[330+HeaderSize:330+42-4]) {
+	w := binlogtest.NewEventWriter(7)
+	if g := w.GTID(0, 1, binlogtest.FlagsDDL); !bytes.Equal(g[HeaderSize:len(g)-4], raw[330+HeaderSize:330+42-4]) {
 		t.Errorf("GTID event body: writer %x, server %x", g[HeaderSize:len(g)-4], raw[330+HeaderSize:330+42-4])
 	}
 }
@@ -303,9 +312,9 @@ func TestDecoderShortEvent(t *testing.T) {
 // A large event reads whole; a size field claiming more than the file
 // holds costs what the file holds, not what it claims.
 func TestReaderLargeAndLyingEvents(t *testing.T) {
-	w := newEventWriter(7)
+	w := binlogtest.NewEventWriter(7)
 	big := strings.Repeat("x", 3<<20+5)
-	raw := file(w.formatDescription(), w.gtid(0, 1, flDDL), w.query("d", "SELECT '"+big+"'"), w.xid(1))
+	raw := binlogtest.File(w.FormatDescription(), w.GTID(0, 1, binlogtest.FlagsDDL), w.Query("d", "SELECT '"+big+"'"), w.XID(1))
 	r, err := NewReader(bytes.NewReader(raw), "mariadb")
 	if err != nil {
 		t.Fatal(err)
@@ -339,10 +348,10 @@ func TestReaderLargeAndLyingEvents(t *testing.T) {
 // A GTID list whose count is damaged is refused before go-mysql sizes a
 // slice by it. Without checksums nothing else would notice.
 func TestDecoderGTIDListCount(t *testing.T) {
-	w := newEventWriter(7)
-	w.noCRC = true
-	fde := w.formatDescription()
-	list := w.event(replication.MARIADB_GTID_LIST_EVENT, 0, binary.LittleEndian.AppendUint32(nil, 1<<28-1))
+	w := binlogtest.NewEventWriter(7)
+	w.NoCRC = true
+	fde := w.FormatDescription()
+	list := w.Event(replication.MARIADB_GTID_LIST_EVENT, 0, binary.LittleEndian.AppendUint32(nil, 1<<28-1))
 	d := NewDecoder("mariadb")
 	if _, err := d.Decode(fde); err != nil {
 		t.Fatal(err)
@@ -357,7 +366,7 @@ func TestDecoderGTIDListCount(t *testing.T) {
 	if grown := after.TotalAlloc - before.TotalAlloc; grown > 1<<20 {
 		t.Errorf("decoding it allocated %d bytes", grown)
 	}
-	good := w.event(replication.MARIADB_GTID_LIST_EVENT, 0, append(binary.LittleEndian.AppendUint32(nil, 1), make([]byte, 16)...))
+	good := w.Event(replication.MARIADB_GTID_LIST_EVENT, 0, append(binary.LittleEndian.AppendUint32(nil, 1), make([]byte, 16)...))
 	if ev, err := d.Decode(good); err != nil || len(ev.Parsed.(*replication.MariadbGTIDListEvent).GTIDs) != 1 {
 		t.Errorf("a good GTID list: %v", err)
 	}
@@ -366,20 +375,20 @@ func TestDecoderGTIDListCount(t *testing.T) {
 // Damaged bytes the checksum cannot catch (no format description yet, or
 // one that announces no checksums) are errors, not panics.
 func TestDecoderMalformedIsAnError(t *testing.T) {
-	w := newEventWriter(7)
-	if _, err := NewDecoder("mariadb").Decode(w.tableMap(1, "a", "b")); err == nil {
+	w := binlogtest.NewEventWriter(7)
+	if _, err := NewDecoder("mariadb").Decode(w.TableMap(1, "a", "b")); err == nil {
 		t.Error("a table map before any format description decoded")
 	}
-	w.noCRC = true
+	w.NoCRC = true
 	d := NewDecoder("mariadb")
-	if _, err := d.Decode(w.formatDescription()); err != nil {
+	if _, err := d.Decode(w.FormatDescription()); err != nil {
 		t.Fatal(err)
 	}
 	for _, ev := range [][]byte{
-		w.event(replication.XID_EVENT, 0, []byte{1, 2}),
-		w.event(replication.QUERY_EVENT, 0, []byte{1, 2, 3}),
-		w.event(replication.MARIADB_GTID_EVENT, 0, []byte{1}),
-		w.event(replication.FORMAT_DESCRIPTION_EVENT, 0, []byte{4, 0}),
+		w.Event(replication.XID_EVENT, 0, []byte{1, 2}),
+		w.Event(replication.QUERY_EVENT, 0, []byte{1, 2, 3}),
+		w.Event(replication.MARIADB_GTID_EVENT, 0, []byte{1}),
+		w.Event(replication.FORMAT_DESCRIPTION_EVENT, 0, []byte{4, 0}),
 	} {
 		if _, err := d.Decode(ev); err == nil {
 			t.Errorf("a short %s decoded", ParseHeader(ev).Type)
@@ -394,11 +403,11 @@ func FuzzReader(f *testing.F) {
 	raw, sizes := smallFile()
 	f.Add(raw)
 	f.Add(raw[:4+sizes[0]+HeaderSize+3])
-	w := newEventWriter(1)
-	f.Add(file(w.formatDescription(), w.gtid(0, 2, flDDL), w.query("d", "DROP TABLE t"), w.rotate("mariadb-bin.000002")))
-	f.Add(file(w.tableMap(1, "a", "b")))
-	w.noCRC = true
-	f.Add(file(w.formatDescription(), w.event(replication.MARIADB_GTID_LIST_EVENT, 0, binary.LittleEndian.AppendUint32(nil, 1)), w.xid(3)))
+	w := binlogtest.NewEventWriter(1)
+	f.Add(binlogtest.File(w.FormatDescription(), w.GTID(0, 2, binlogtest.FlagsDDL), w.Query("d", "DROP TABLE t"), w.Rotate("mariadb-bin.000002")))
+	f.Add(binlogtest.File(w.TableMap(1, "a", "b")))
+	w.NoCRC = true
+	f.Add(binlogtest.File(w.FormatDescription(), w.Event(replication.MARIADB_GTID_LIST_EVENT, 0, binary.LittleEndian.AppendUint32(nil, 1)), w.XID(3)))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)

@@ -7,6 +7,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/go-mysql-org/go-mysql/replication"
+
+	"github.com/binvault/binvault/internal/binlog/binlogtest"
 )
 
 // decodeAll decodes events written by w (the first must be its format
@@ -52,14 +54,14 @@ func rolesEqual(a []Role, b ...Role) bool {
 }
 
 func TestGrouperMariaDBTransactions(t *testing.T) {
-	w := newEventWriter(7)
-	fde := w.formatDescription()
+	w := binlogtest.NewEventWriter(7)
+	fde := w.FormatDescription()
 	var evs [][]byte
 	evs = append(evs, fde)
 	// BEGIN ... XID (InnoDB), with a group commit id.
-	evs = append(evs, w.gtid(0, 4, flTrans|replication.BINLOG_MARIADB_FL_GROUP_COMMIT_ID), w.tableMap(18, "app", "t"), w.writeRows(18, false, 10), w.tableMap(19, "app", "a"), w.writeRows(19, true, 10))
-	w.ts++
-	evs = append(evs, w.xid(12))
+	evs = append(evs, w.GTID(0, 4, binlogtest.FlagsTrans|replication.BINLOG_MARIADB_FL_GROUP_COMMIT_ID), w.TableMap(18, "app", "t"), w.WriteRows(18, false, 10), w.TableMap(19, "app", "a"), w.WriteRows(19, true, 10))
+	w.TS++
+	evs = append(evs, w.XID(12))
 	all := decodeAll(t, evs...)
 	var g Grouper
 	roles := feed(t, &g, all)
@@ -77,7 +79,7 @@ func TestGrouperMariaDBTransactions(t *testing.T) {
 	for _, e := range evs[1:] {
 		bytes += len(e)
 	}
-	want := Txn{GTID: "0-7-4", CommitID: 1004, Flags: flTrans | replication.BINLOG_MARIADB_FL_GROUP_COMMIT_ID, Time: w.ts, EndLogPos: all[6].Header.LogPos, Events: 6, Bytes: int64(bytes)}
+	want := Txn{GTID: "0-7-4", CommitID: 1004, Flags: binlogtest.FlagsTrans | replication.BINLOG_MARIADB_FL_GROUP_COMMIT_ID, Time: w.TS, EndLogPos: all[6].Header.LogPos, Events: 6, Bytes: int64(bytes)}
 	if txn.GTID != want.GTID || txn.CommitID != want.CommitID || txn.Flags != want.Flags || txn.Time != want.Time ||
 		txn.EndLogPos != want.EndLogPos || txn.Events != want.Events || txn.Bytes != want.Bytes || txn.DDL || txn.Statement != "" {
 		t.Errorf("txn %+v\nwant %+v", *txn, want)
@@ -88,8 +90,8 @@ func TestGrouperMariaDBTransactions(t *testing.T) {
 
 	// BEGIN ... COMMIT query (MyISAM: not transactional), then a ROLLBACK.
 	for _, end := range []string{"COMMIT", " rollback "} {
-		w := newEventWriter(7)
-		all := decodeAll(t, w.formatDescription(), w.gtid(0, 6, replication.BINLOG_MARIADB_FL_ALLOW_PARALLEL), w.tableMap(22, "app", "m"), w.writeRows(22, true, 5), w.query("app", end))
+		w := binlogtest.NewEventWriter(7)
+		all := decodeAll(t, w.FormatDescription(), w.GTID(0, 6, replication.BINLOG_MARIADB_FL_ALLOW_PARALLEL), w.TableMap(22, "app", "m"), w.WriteRows(22, true, 5), w.Query("app", end))
 		var g Grouper
 		if roles := feed(t, &g, all); !rolesEqual(roles, Outside, Begin, Middle, Middle, End) {
 			t.Errorf("%q: roles %v", end, roles)
@@ -101,10 +103,10 @@ func TestGrouperMariaDBTransactions(t *testing.T) {
 }
 
 func TestGrouperStandaloneEndsAtFirstQuery(t *testing.T) {
-	w := newEventWriter(9)
-	all := decodeAll(t, w.formatDescription(),
-		w.gtid(3, 2, flDDL), w.query("shop", "CREATE TABLE\n  t (id INT)"),
-		w.gtid(3, 3, flDDL), w.query("shop", "DROP TABLE u"))
+	w := binlogtest.NewEventWriter(9)
+	all := decodeAll(t, w.FormatDescription(),
+		w.GTID(3, 2, binlogtest.FlagsDDL), w.Query("shop", "CREATE TABLE\n  t (id INT)"),
+		w.GTID(3, 3, binlogtest.FlagsDDL), w.Query("shop", "DROP TABLE u"))
 	var g Grouper
 	if roles := feed(t, &g, all[:3]); !rolesEqual(roles, Outside, Begin, End) {
 		t.Fatalf("roles %v", roles)
@@ -123,10 +125,10 @@ func TestGrouperStandaloneEndsAtFirstQuery(t *testing.T) {
 }
 
 func TestGrouperXAPrepare(t *testing.T) {
-	w := newEventWriter(7)
-	all := decodeAll(t, w.formatDescription(),
-		w.gtid(0, 8, flTrans|64 /* FL_PREPARED_XA */), w.tableMap(18, "app", "t"), w.writeRows(18, true, 5),
-		w.query("app", "XA END X'7831',X'',1"), w.xaPrepare())
+	w := binlogtest.NewEventWriter(7)
+	all := decodeAll(t, w.FormatDescription(),
+		w.GTID(0, 8, binlogtest.FlagsTrans|64 /* FL_PREPARED_XA */), w.TableMap(18, "app", "t"), w.WriteRows(18, true, 5),
+		w.Query("app", "XA END X'7831',X'',1"), w.XAPrepare())
 	var g Grouper
 	if roles := feed(t, &g, all); !rolesEqual(roles, Outside, Begin, Middle, Middle, Middle, End) {
 		t.Fatalf("roles %v", roles)
@@ -137,12 +139,12 @@ func TestGrouperXAPrepare(t *testing.T) {
 }
 
 func TestGrouperOutsideEvents(t *testing.T) {
-	w := newEventWriter(7)
-	fde := w.formatDescription()
-	all := decodeAll(t, fde, w.rotate("mariadb-bin.000002"),
-		w.event(replication.MARIADB_GTID_LIST_EVENT, 0, binary.LittleEndian.AppendUint32(nil, 0)),
-		w.event(replication.MARIADB_BINLOG_CHECKPOINT_EVENT, 0, append(binary.LittleEndian.AppendUint32(nil, 18), "mariadb-bin.000001"...)),
-		w.tableMap(18, "app", "t"), w.writeRows(18, true, 5), w.query("app", "INSERT INTO t VALUES (1)"), w.xid(1))
+	w := binlogtest.NewEventWriter(7)
+	fde := w.FormatDescription()
+	all := decodeAll(t, fde, w.Rotate("mariadb-bin.000002"),
+		w.Event(replication.MARIADB_GTID_LIST_EVENT, 0, binary.LittleEndian.AppendUint32(nil, 0)),
+		w.Event(replication.MARIADB_BINLOG_CHECKPOINT_EVENT, 0, append(binary.LittleEndian.AppendUint32(nil, 18), "mariadb-bin.000001"...)),
+		w.TableMap(18, "app", "t"), w.WriteRows(18, true, 5), w.Query("app", "INSERT INTO t VALUES (1)"), w.XID(1))
 	var g Grouper
 	if roles := feed(t, &g, all[:4]); !rolesEqual(roles, Outside, Outside, Outside, Outside) {
 		t.Fatalf("roles %v", roles)
@@ -159,8 +161,8 @@ func TestGrouperOutsideEvents(t *testing.T) {
 }
 
 func TestGrouperGTIDInsideOpenTransaction(t *testing.T) {
-	w := newEventWriter(7)
-	all := decodeAll(t, w.formatDescription(), w.gtid(0, 4, flTrans), w.tableMap(18, "app", "t"), w.gtid(0, 5, flTrans), w.gtid(0, 6, flDDL), w.query("", "DROP DATABASE x"))
+	w := binlogtest.NewEventWriter(7)
+	all := decodeAll(t, w.FormatDescription(), w.GTID(0, 4, binlogtest.FlagsTrans), w.TableMap(18, "app", "t"), w.GTID(0, 5, binlogtest.FlagsTrans), w.GTID(0, 6, binlogtest.FlagsDDL), w.Query("", "DROP DATABASE x"))
 	var g Grouper
 	feed(t, &g, all[:3])
 	_, err := g.Feed(all[3])
@@ -184,8 +186,8 @@ func TestGrouperGTIDInsideOpenTransaction(t *testing.T) {
 // disagrees with them (go-mysql before v1.15 overwrote sequence numbers)
 // is refused, never archived under a wrong GTID.
 func TestGrouperGTIDFromRawBytes(t *testing.T) {
-	w := newEventWriter(7)
-	all := decodeAll(t, w.formatDescription(), w.gtid(2, 1234567890123, flDDL))
+	w := binlogtest.NewEventWriter(7)
+	all := decodeAll(t, w.FormatDescription(), w.GTID(2, 1234567890123, binlogtest.FlagsDDL))
 	gev := all[1]
 	parsed := gev.Parsed.(*replication.MariadbGTIDEvent)
 
