@@ -4,9 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"io"
 	"log/slog"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -148,28 +146,9 @@ func TestSourceSpoolsWholeTransactionsIntoReadableSegments(t *testing.T) {
 	// Each segment reads back as whole transactions with the recorded GTIDs.
 	var gtids []string
 	for _, s := range segs {
-		f, _ := os.Open(spool.SegmentPath(s.Seq))
-		r, err := binlog.NewReader(f, "mariadb")
-		if err != nil {
-			t.Fatal(err)
-		}
-		var g binlog.Grouper
-		for {
-			ev, err := r.Next()
-			if err == io.EOF {
-				break
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if role, err := g.Feed(ev); err != nil {
-				t.Fatal(err)
-			} else if role == binlog.End {
-				gtids = append(gtids, g.Txn().GTID)
-			}
-		}
-		f.Close()
-		if g.Open() {
+		got, _, open := groupTxns(t, readBinlog(t, spool.SegmentPath(s.Seq)))
+		gtids = append(gtids, got...)
+		if open {
 			t.Errorf("segment %d ends inside a transaction", s.Seq)
 		}
 	}

@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -13,6 +12,7 @@ import (
 	"github.com/go-mysql-org/go-mysql/replication"
 
 	"github.com/binvault/binvault/internal/binlog"
+	"github.com/binvault/binvault/internal/binlog/binlogtest"
 	"github.com/binvault/binvault/test/harness"
 )
 
@@ -28,7 +28,13 @@ func primaryEvents(t *testing.T, txns int) []binlog.Event {
 	if err := p.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	f, err := os.Open(filepath.Join(p.Dir, "data", "mariadb-bin.000001"))
+	return readBinlog(t, filepath.Join(p.Dir, "data", "mariadb-bin.000001"))
+}
+
+// readBinlog returns the events of the binlog file at path.
+func readBinlog(t *testing.T, path string) []binlog.Event {
+	t.Helper()
+	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,17 +43,7 @@ func primaryEvents(t *testing.T, txns int) []binlog.Event {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var evs []binlog.Event
-	for {
-		ev, err := r.Next()
-		if err == io.EOF {
-			return evs
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		evs = append(evs, ev)
-	}
+	return binlogtest.ReadAll(t, r.Next)
 }
 
 func openTestSpool(t *testing.T, dir string, limits SpoolLimits) *Spool {
@@ -59,20 +55,29 @@ func openTestSpool(t *testing.T, dir string, limits SpoolLimits) *Spool {
 	return s
 }
 
-// txnEnds returns the index after the last event of each transaction.
-func txnEnds(t *testing.T, evs []binlog.Event) []int {
+// groupTxns groups evs into transactions: the GTID of each, the index
+// after its last event, and whether evs end inside one. A grouping error
+// fails t.
+func groupTxns(t *testing.T, evs []binlog.Event) (gtids []string, ends []int, open bool) {
+	t.Helper()
 	var g binlog.Grouper
-	var ends []int
 	for i, ev := range evs {
 		role, err := g.Feed(ev)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if role == binlog.End {
-			g.Txn()
+			gtids = append(gtids, g.Txn().GTID)
 			ends = append(ends, i+1)
 		}
 	}
+	return gtids, ends, g.Open()
+}
+
+// txnEnds returns the index after the last event of each transaction.
+func txnEnds(t *testing.T, evs []binlog.Event) []int {
+	t.Helper()
+	_, ends, _ := groupTxns(t, evs)
 	return ends
 }
 
@@ -149,7 +154,7 @@ func TestSpoolRecoveryTruncatesTornTail(t *testing.T) {
 			if len(segs) != 1 || segs[0].Txns != 12 || segs[0].Seq != 7 {
 				t.Fatalf("closed segments: %+v", segs)
 			}
-			if got := readTxnGTIDs(t, path); len(got) != 12 || got[11] != segs[0].LastGTID {
+			if got, _, _ := groupTxns(t, readBinlog(t, path)); len(got) != 12 || got[11] != segs[0].LastGTID {
 				t.Fatalf("segment holds %v", got)
 			}
 			s.Close()
@@ -293,33 +298,6 @@ func fileSize(t *testing.T, path string) int64 {
 		t.Fatal(err)
 	}
 	return st.Size()
-}
-
-func readTxnGTIDs(t *testing.T, path string) []string {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	r, err := binlog.NewReader(f, "mariadb")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var g binlog.Grouper
-	var out []string
-	for {
-		ev, err := r.Next()
-		if err == io.EOF {
-			return out
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if role, _ := g.Feed(ev); role == binlog.End {
-			out = append(out, g.Txn().GTID)
-		}
-	}
 }
 
 func TestSpoolClosesByRPODeadline(t *testing.T) {

@@ -28,6 +28,16 @@ func smallFile() (raw []byte, sizes []int) {
 	return binlogtest.File(evs...), sizes
 }
 
+// newReader is a reader of the binlog file raw.
+func newReader(t *testing.T, raw []byte) *Reader {
+	t.Helper()
+	r, err := NewReader(bytes.NewReader(raw), "mariadb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
 // readAll reads events until an error; it checks the offsets on the way.
 func readAll(t *testing.T, r *Reader) ([]Event, error) {
 	t.Helper()
@@ -50,10 +60,7 @@ func readAll(t *testing.T, r *Reader) ([]Event, error) {
 
 func TestReaderOffsetsAndCleanEnd(t *testing.T) {
 	raw, sizes := smallFile()
-	r, err := NewReader(bytes.NewReader(raw), "mariadb")
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := newReader(t, raw)
 	if r.Offset() != 4 {
 		t.Fatalf("first event at offset %d, want 4", r.Offset())
 	}
@@ -93,10 +100,7 @@ func TestReaderWithoutChecksums(t *testing.T) {
 	w := binlogtest.NewEventWriter(7)
 	w.NoCRC = true
 	raw := binlogtest.File(w.FormatDescription(), w.GTID(0, 1, binlogtest.FlagsDDL), w.Query("app", "CREATE TABLE t (id INT)"))
-	r, err := NewReader(bytes.NewReader(raw), "mariadb")
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := newReader(t, raw)
 	evs, err := readAll(t, r)
 	if err != io.EOF || len(evs) != 3 {
 		t.Fatalf("%d events, %v", len(evs), err)
@@ -136,10 +140,7 @@ func TestReaderTruncated(t *testing.T) {
 		{"after the header", start + HeaderSize},
 		{"inside the body", start + int64(sizes[2]) - 1},
 	} {
-		r, err := NewReader(bytes.NewReader(raw[:c.cut]), "mariadb")
-		if err != nil {
-			t.Fatal(err)
-		}
+		r := newReader(t, raw[:c.cut])
 		evs, err := readAll(t, r)
 		if !errors.Is(err, ErrTruncated) {
 			t.Errorf("%s: %v, want ErrTruncated", c.name, err)
@@ -160,10 +161,7 @@ func TestReaderImpossibleSize(t *testing.T) {
 	for _, size := range []uint32{0, HeaderSize - 1, MaxEventSize + 1, 1<<32 - 1} {
 		bad := bytes.Clone(raw)
 		binary.LittleEndian.PutUint32(bad[at+9:], size)
-		r, err := NewReader(bytes.NewReader(bad), "mariadb")
-		if err != nil {
-			t.Fatal(err)
-		}
+		r := newReader(t, bad)
 		var before runtime.MemStats
 		runtime.ReadMemStats(&before)
 		evs, err := readAll(t, r)
@@ -194,10 +192,7 @@ func TestReaderChecksumMismatch(t *testing.T) {
 		} else {
 			bad[at+sizes[i]-5] ^= 0x40 // the last body byte
 		}
-		r, err := NewReader(bytes.NewReader(bad), "mariadb")
-		if err != nil {
-			t.Fatal(err)
-		}
+		r := newReader(t, bad)
 		evs, err := readAll(t, r)
 		if err == nil || err == io.EOF || !strings.Contains(err.Error(), "checksum") {
 			t.Errorf("damaged event %d: %v, want a checksum error", i, err)
@@ -315,10 +310,7 @@ func TestReaderLargeAndLyingEvents(t *testing.T) {
 	w := binlogtest.NewEventWriter(7)
 	big := strings.Repeat("x", 3<<20+5)
 	raw := binlogtest.File(w.FormatDescription(), w.GTID(0, 1, binlogtest.FlagsDDL), w.Query("d", "SELECT '"+big+"'"), w.XID(1))
-	r, err := NewReader(bytes.NewReader(raw), "mariadb")
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := newReader(t, raw)
 	evs, err := readAll(t, r)
 	if err != io.EOF || len(evs) != 4 {
 		t.Fatalf("%d events, %v", len(evs), err)
@@ -329,10 +321,7 @@ func TestReaderLargeAndLyingEvents(t *testing.T) {
 	// The same file, the query's size field now claiming 1 GiB.
 	at := 4 + len(evs[0].Raw) + len(evs[1].Raw)
 	binary.LittleEndian.PutUint32(raw[at+9:], MaxEventSize)
-	r, err = NewReader(bytes.NewReader(raw), "mariadb")
-	if err != nil {
-		t.Fatal(err)
-	}
+	r = newReader(t, raw)
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
 	evs, err = readAll(t, r)
