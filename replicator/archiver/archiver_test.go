@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -16,6 +16,7 @@ import (
 
 	"github.com/binvault/binvault/internal/archive"
 	"github.com/binvault/binvault/internal/binlog"
+	"github.com/binvault/binvault/internal/binlog/binlogtest"
 	"github.com/binvault/binvault/replicator/archiver"
 	"github.com/binvault/binvault/replicator/archiver/archivertest"
 	"github.com/binvault/binvault/storage"
@@ -42,28 +43,18 @@ func TestUploadsInOrderAsSegmentsClose(t *testing.T) {
 	if err := r.stop(); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	if got := spool.ArchivedCalls(); !slices.Equal(got, seqs(1, 13)) {
-		t.Errorf("Archived calls %v, want 1..13 once each in order", got)
-	}
-	if got := r.uploads(); !slices.Equal(got, seqs(1, 13)) {
-		t.Errorf("Uploaded calls %v, want 1..13 once each in order", got)
-	}
 	if n := r.a.Newest(); n == nil || n.Seq != 13 || n.End != spool.Appended()[12].Manifest.End {
 		t.Errorf("Newest = %+v, want segment 13", n)
 	}
-	if e := r.a.LastError(); e != "" {
-		t.Errorf("LastError = %q after a run without errors", e)
-	}
-	checkArchive(t, r.inner, spool.Appended())
-	noOverwrite(t, r.store)
+	r.expectNoLastError("after a run without errors")
+	r.expectOnce(seqs(1, 13), seqs(1, 13), spool.Appended())
 }
 
 // A spool that offers segment 3 after 1 has lost 2: the archiver must not
 // upload 3 (the archive would have a gap) but stop with ErrConflict,
 // harming nothing; once 2 is there, a new run uploads 2 and 3.
 func TestGapInTheSpoolStopsTheArchiver(t *testing.T) {
-	spool := archivertest.NewSpool(t)
-	addSegments(spool, 1, 1)
+	spool := newSpool(t, 1, 1)
 	r := newRig(t, newStore(t), spool, nil)
 	r.start()
 	r.waitReleased(1)
@@ -82,11 +73,7 @@ func TestGapInTheSpoolStopsTheArchiver(t *testing.T) {
 
 	spool.Append(two, storagetest.Random(1000, 2))
 	r2 := newRig(t, r.inner, spool, nil)
-	r2.start()
-	r2.waitReleased(3)
-	if err := r2.stop(); err != nil {
-		t.Fatal(err)
-	}
+	r2.runUntilReleased(3)
 	if got := spool.ArchivedCalls(); !slices.Equal(got, seqs(1, 3)) {
 		t.Errorf("Archived calls %v, want 1..3", got)
 	}
@@ -98,8 +85,7 @@ func TestGapInTheSpoolStopsTheArchiver(t *testing.T) {
 // either, LastError says why, and afterwards every segment is uploaded in
 // order, once, and LastError is clear.
 func TestStoreOutageLosesNothing(t *testing.T) {
-	spool := archivertest.NewSpool(t)
-	addSegments(spool, 3, 1)
+	spool := newSpool(t, 3, 1)
 	r := newRig(t, newStore(t), spool, nil)
 	end := r.store.Outage()
 	r.start()
@@ -114,9 +100,7 @@ func TestStoreOutageLosesNothing(t *testing.T) {
 	}
 	end()
 	r.waitReleased(5)
-	if e := r.a.LastError(); e != "" {
-		t.Errorf("LastError = %q once uploads succeed again", e)
-	}
+	r.expectNoLastError("once uploads succeed again")
 
 	// An outage with segments in flight.
 	end = r.store.Outage()
@@ -131,17 +115,8 @@ func TestStoreOutageLosesNothing(t *testing.T) {
 	if err := r.stop(); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	if e := r.a.LastError(); e != "" {
-		t.Errorf("LastError = %q after the outage", e)
-	}
-	if got := spool.ArchivedCalls(); !slices.Equal(got, seqs(1, 8)) {
-		t.Errorf("Archived calls %v, want 1..8 once each in order", got)
-	}
-	if got := r.uploads(); !slices.Equal(got, seqs(1, 8)) {
-		t.Errorf("Uploaded calls %v, want 1..8 once each in order", got)
-	}
-	checkArchive(t, r.inner, spool.Appended())
-	noOverwrite(t, r.store)
+	r.expectNoLastError("after the outage")
+	r.expectOnce(seqs(1, 8), seqs(1, 8), spool.Appended())
 	t.Logf("%d store calls, %d failed", r.store.Calls(storagetest.OpAny), r.store.Faulted(storagetest.OpAny))
 }
 
@@ -149,25 +124,15 @@ func TestStoreOutageLosesNothing(t *testing.T) {
 // replies, at random (seeded): the archive still ends up whole, once.
 func TestFlakyStore(t *testing.T) {
 	for seed := uint64(1); seed <= 5; seed++ {
-		spool := archivertest.NewSpool(t)
-		addSegments(spool, 6, seed)
-		r := newRig(t, newStore(t), spool, nil)
-		r.store.Seed(seed)
-		r.store.Inject(storagetest.Rule{Action: storagetest.Fail, Prob: 0.3})
-		r.store.Inject(storagetest.Rule{Action: storagetest.LoseReply, Prob: 0.1})
-		r.start()
-		r.waitReleased(6)
-		if err := r.stop(); err != nil {
-			t.Fatalf("seed %d: Run: %v", seed, err)
-		}
-		if got := spool.ArchivedCalls(); !slices.Equal(got, seqs(1, 6)) {
-			t.Errorf("seed %d: Archived calls %v", seed, got)
-		}
-		if got := r.uploads(); !slices.Equal(got, seqs(1, 6)) {
-			t.Errorf("seed %d: Uploaded calls %v", seed, got)
-		}
-		checkArchive(t, r.inner, spool.Appended())
-		noOverwrite(t, r.store)
+		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
+			spool := newSpool(t, 6, seed)
+			r := newRig(t, newStore(t), spool, nil)
+			r.store.Seed(seed)
+			r.store.Inject(storagetest.Rule{Action: storagetest.Fail, Prob: 0.3})
+			r.store.Inject(storagetest.Rule{Action: storagetest.LoseReply, Prob: 0.1})
+			r.runUntilReleased(6)
+			r.expectOnce(seqs(1, 6), seqs(1, 6), spool.Appended())
+		})
 	}
 }
 
@@ -176,35 +141,16 @@ func TestFlakyStore(t *testing.T) {
 // spool's, stops with ErrConflict, and neither writes nor releases.
 func TestConflictingSpoolStopsAndWritesNothing(t *testing.T) {
 	st := newStore(t)
-	first := archivertest.NewSpool(t)
-	addSegments(first, 3, 1)
-	a := newRig(t, st, first, nil)
-	a.start()
-	a.waitReleased(3)
-	if err := a.stop(); err != nil {
-		t.Fatal(err)
-	}
+	first, _ := archived(t, st, 3)
 
 	for _, tc := range []struct {
 		name string
 		n    int // segments in the other spool, 1.. (same seqs and GTIDs, other content)
 	}{{"same segments", 3}, {"more segments", 5}, {"fewer segments", 1}} {
 		t.Run(tc.name, func(t *testing.T) {
-			other := archivertest.NewSpool(t)
-			addSegments(other, tc.n, 2)
-			b := newRig(t, st, other, nil)
+			b := newRig(t, st, newSpool(t, tc.n, 2), nil)
 			b.start()
-			err := b.ended()
-			if !errors.Is(err, archiver.ErrConflict) {
-				t.Fatalf("Run over another spool's archive: %v, want ErrConflict", err)
-			}
-			if got := other.ArchivedCalls(); len(got) > 0 {
-				t.Errorf("the conflicting spool released %v", got)
-			}
-			if n := b.store.Calls(storagetest.OpPutIfAbsent) + b.store.Calls(storagetest.OpPut) + b.store.Calls(storagetest.OpDelete); n > 0 {
-				t.Errorf("the conflicting archiver made %d writes:\n%v", n, b.store.History())
-			}
-			checkArchive(t, st, first.Appended())
+			b.expectConflict(first.Appended())
 		})
 	}
 }
@@ -255,14 +201,7 @@ func TestRacingArchiversNeverMix(t *testing.T) {
 // conflict: nothing is written or released.
 func TestSpoolNotContinuingTheArchiveIsAConflict(t *testing.T) {
 	st := newStore(t)
-	first := archivertest.NewSpool(t)
-	addSegments(first, 3, 1)
-	a := newRig(t, st, first, nil)
-	a.start()
-	a.waitReleased(3)
-	if err := a.stop(); err != nil {
-		t.Fatal(err)
-	}
+	first, _ := archived(t, st, 3)
 	end := first.Appended()[2].Manifest
 
 	for _, tc := range []struct {
@@ -281,17 +220,7 @@ func TestSpoolNotContinuingTheArchiveIsAConflict(t *testing.T) {
 			other.Append(seg, content)
 			b := newRig(t, st, other, nil)
 			b.start()
-			err := b.ended()
-			if !errors.Is(err, archiver.ErrConflict) {
-				t.Fatalf("Run: %v, want ErrConflict", err)
-			}
-			if got := other.ArchivedCalls(); len(got) > 0 {
-				t.Errorf("released %v", got)
-			}
-			if n := b.store.Calls(storagetest.OpPutIfAbsent) + b.store.Calls(storagetest.OpPut) + b.store.Calls(storagetest.OpDelete); n > 0 {
-				t.Errorf("%d writes:\n%v", n, b.store.History())
-			}
-			checkArchive(t, st, first.Appended())
+			b.expectConflict(first.Appended())
 		})
 	}
 }
@@ -304,42 +233,10 @@ func TestRestartContinuesAndReleases(t *testing.T) {
 	for _, catalogued := range []bool{false, true} {
 		name := map[bool]string{false: "tail", true: "catalogued"}[catalogued]
 		t.Run(name, func(t *testing.T) {
-			st := newStore(t)
-			first := archivertest.NewSpool(t)
-			addSegments(first, 4, 1)
-			a := newRig(t, st, first, nil)
-			a.start()
-			a.waitReleased(4)
-			if err := a.stop(); err != nil {
-				t.Fatal(err)
-			}
-			if catalogued {
-				if err := a.a.Drain(context.Background()); err != nil {
-					t.Fatal(err)
-				}
-			}
-			// The spool after the restart: 3 and 4 uploaded but not
-			// released (a crash in between), 5 and 6 new.
-			spool := archivertest.NewSpool(t)
-			spool.AppendAll(first.Appended()[2:])
-			addSegments(spool, 2, 1)
-			b := newRig(t, st, spool, nil)
-			b.start()
-			b.waitReleased(6)
-			if err := b.stop(); err != nil {
-				t.Fatal(err)
-			}
-			if got := spool.ArchivedCalls(); !slices.Equal(got, seqs(3, 6)) {
-				t.Errorf("Archived calls %v, want 3..6", got)
-			}
-			if got := b.uploads(); !slices.Equal(got, seqs(5, 6)) {
-				t.Errorf("Uploaded calls %v, want 5 and 6 (3 and 4 were in the store)", got)
-			}
+			b := restart(t, catalogued, nil)
 			if n := b.a.Newest(); n == nil || n.Seq != 6 {
 				t.Errorf("Newest = %+v, want segment 6", n)
 			}
-			checkArchive(t, st, append(first.Appended(), spool.Appended()[2:]...))
-			noOverwrite(t, b.store)
 		})
 	}
 }
@@ -350,8 +247,7 @@ func TestRestartContinuesAndReleases(t *testing.T) {
 // during an outage it fails at once instead of retrying.
 func TestDrainUploadsTheRestAndWritesTheCatalog(t *testing.T) {
 	st := newStore(t)
-	spool := archivertest.NewSpool(t)
-	addSegments(spool, 2, 1)
+	spool := newSpool(t, 2, 1)
 	r := newRig(t, st, spool, nil)
 	if err := r.a.Drain(context.Background()); err == nil {
 		t.Error("Drain before Run read the archive's state succeeded")
@@ -359,11 +255,7 @@ func TestDrainUploadsTheRestAndWritesTheCatalog(t *testing.T) {
 	if n := r.store.Calls(storagetest.OpAny); n > 0 || spool.Released() > 0 {
 		t.Errorf("Drain before Run made %d store calls and released up to %d", n, spool.Released())
 	}
-	r.start()
-	r.waitReleased(2)
-	if err := r.stop(); err != nil {
-		t.Fatal(err)
-	}
+	r.runUntilReleased(2)
 	addSegments(spool, 2, 1) // closed by the spool's flush at shutdown
 	if err := r.a.Drain(context.Background()); err != nil {
 		t.Fatalf("Drain: %v", err)
@@ -408,8 +300,7 @@ func TestDrainUploadsTheRestAndWritesTheCatalog(t *testing.T) {
 func TestPrunedSegmentsStayOutOfTheCatalog(t *testing.T) {
 	ctx := context.Background()
 	st := newStore(t)
-	spool := archivertest.NewSpool(t)
-	addSegments(spool, 4, 1)
+	spool := newSpool(t, 4, 1)
 	r := newRig(t, st, spool, nil)
 	r.start()
 	r.waitReleased(4)
@@ -489,8 +380,7 @@ func TestCatalogWhileRunning(t *testing.T) {
 // Archived failing (the spool cannot record the release) is retried: the
 // segment is neither lost nor uploaded twice.
 func TestReleaseFailureIsRetried(t *testing.T) {
-	spool := archivertest.NewSpool(t)
-	addSegments(spool, 3, 1)
+	spool := newSpool(t, 3, 1)
 	r := newRig(t, newStore(t), spool, nil)
 	var mu sync.Mutex
 	fails := 2
@@ -506,19 +396,8 @@ func TestReleaseFailureIsRetried(t *testing.T) {
 		}
 		return nil
 	})
-	r.start()
-	r.waitReleased(3)
-	if err := r.stop(); err != nil {
-		t.Fatal(err)
-	}
-	if got := spool.ArchivedCalls(); !slices.Equal(got, seqs(1, 3)) {
-		t.Errorf("Archived calls that released: %v, want 1..3", got)
-	}
-	if got := r.uploads(); !slices.Equal(got, seqs(1, 3)) {
-		t.Errorf("Uploaded calls %v, want 1..3", got)
-	}
-	checkArchive(t, r.inner, spool.Appended())
-	noOverwrite(t, r.store)
+	r.runUntilReleased(3)
+	r.expectOnce(seqs(1, 3), seqs(1, 3), spool.Appended())
 }
 
 // A spool file that no longer has the digest its manifest recorded (local
@@ -567,8 +446,7 @@ func TestMisconfiguredStoreEndsRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	spool := archivertest.NewSpool(t)
-	addSegments(spool, 1, 1)
+	spool := newSpool(t, 1, 1)
 	r := newRig(t, st, spool, nil)
 	r.start()
 	err = r.ended()
@@ -598,14 +476,7 @@ func TestArchivedSegmentIsTheBinlog(t *testing.T) {
 		t.Fatal(err)
 	}
 	var g binlog.Grouper
-	for {
-		ev, err := rd.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
+	for _, ev := range binlogtest.ReadAll(t, rd.Next) {
 		if role, err := g.Feed(ev); err != nil {
 			t.Fatal(err)
 		} else if role == binlog.End {
@@ -623,12 +494,7 @@ func TestArchivedSegmentIsTheBinlog(t *testing.T) {
 	spool.Append(seg, content)
 
 	st := newStore(t)
-	r := newRig(t, st, spool, nil)
-	r.start()
-	r.waitReleased(1)
-	if err := r.stop(); err != nil {
-		t.Fatal(err)
-	}
+	newRig(t, st, spool, nil).runUntilReleased(1)
 	ix := checkArchive(t, st, spool.Appended())
 	if err := archive.VerifySegment(context.Background(), st, ix.Segments[0]); err != nil {
 		t.Errorf("VerifySegment: %v", err)

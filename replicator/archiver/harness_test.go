@@ -189,11 +189,115 @@ func (r *rig) waitUntil(what string, cond func() bool) {
 	}
 }
 
+// runUntilReleased starts r, waits until the spool has released seq, and
+// stops r. An error from Run fails the test but lets it go on: a sweep's
+// scenario still returns and has the store's calls logged.
+func (r *rig) runUntilReleased(seq uint64) {
+	r.t.Helper()
+	r.start()
+	r.waitReleased(seq)
+	if err := r.stop(); err != nil {
+		r.t.Errorf("Run: %v", err)
+	}
+}
+
+// expectOnce checks the outcome of a run that went well in the end: the
+// spool's Archived calls released exactly archived, and Options.Uploaded
+// reported exactly uploaded, each once and in order; the archive holds
+// exactly want, whole (checkArchive); and no object was replaced or
+// deleted (noOverwrite).
+func (r *rig) expectOnce(archived, uploaded []uint64, want []archivertest.Seg) {
+	r.t.Helper()
+	if got := r.spool.ArchivedCalls(); !slices.Equal(got, archived) {
+		r.t.Errorf("Archived calls %v, want %v once each in order", got, archived)
+	}
+	if got := r.uploads(); !slices.Equal(got, uploaded) {
+		r.t.Errorf("Uploaded calls %v, want %v once each in order", got, uploaded)
+	}
+	checkArchive(r.t, r.inner, want)
+	noOverwrite(r.t, r.store)
+}
+
+// expectNoLastError checks that LastError is clear; when says at what
+// point of the test.
+func (r *rig) expectNoLastError(when string) {
+	r.t.Helper()
+	if e := r.a.LastError(); e != "" {
+		r.t.Errorf("LastError = %q %s", e, when)
+	}
+}
+
+// expectConflict checks that Run ended by itself with ErrConflict,
+// having released nothing and written nothing: the archive still holds
+// exactly want.
+func (r *rig) expectConflict(want []archivertest.Seg) {
+	r.t.Helper()
+	if err := r.ended(); !errors.Is(err, archiver.ErrConflict) {
+		r.t.Fatalf("Run: %v, want ErrConflict", err)
+	}
+	if got := r.spool.ArchivedCalls(); len(got) > 0 {
+		r.t.Errorf("the conflicting spool released %v", got)
+	}
+	if n := r.store.Calls(storagetest.OpPutIfAbsent) + r.store.Calls(storagetest.OpPut) + r.store.Calls(storagetest.OpDelete); n > 0 {
+		r.t.Errorf("the conflicting archiver made %d writes:\n%v", n, r.store.History())
+	}
+	checkArchive(r.t, r.inner, want)
+}
+
 // uploads is the seq of every Options.Uploaded call, in order.
 func (r *rig) uploads() []uint64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return slices.Clone(r.uploaded)
+}
+
+// newSpool is a fake spool holding n segments made by addSegments(seed).
+func newSpool(t testing.TB, n int, seed uint64) *archivertest.Spool {
+	s := archivertest.NewSpool(t)
+	addSegments(s, n, seed)
+	return s
+}
+
+// archived is an earlier run's work: the spool of n segments (seed 1)
+// that an archiver uploaded to st and released, and its rig, stopped.
+func archived(t testing.TB, st storage.Store, n int) (*archivertest.Spool, *rig) {
+	t.Helper()
+	spool := newSpool(t, n, 1)
+	r := newRig(t, st, spool, nil)
+	r.start()
+	r.waitReleased(uint64(n))
+	if err := r.stop(); err != nil {
+		t.Fatalf("the earlier run: %v", err)
+	}
+	return spool, r
+}
+
+// restart: an earlier run uploaded segments 1..4 (catalogued: and wrote
+// a catalog object) and released 1 and 2 (a crash before it released 3
+// and 4); the spool after the restart holds 3 and 4 and two new ones. The
+// new archiver, with inject in place (nil: none), must release 3..6 in
+// order, upload only 5 and 6 (3 and 4 are in the store) and end without
+// LastError. It returns the new archiver's rig, stopped.
+func restart(t *testing.T, catalogued bool, inject func(*storagetest.Faults)) *rig {
+	t.Helper()
+	st := newStore(t)
+	first, a := archived(t, st, 4)
+	if catalogued {
+		if err := a.a.Drain(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	spool := archivertest.NewSpool(t)
+	spool.AppendAll(first.Appended()[2:])
+	addSegments(spool, 2, 1)
+	b := newRig(t, st, spool, nil)
+	if inject != nil {
+		inject(b.store)
+	}
+	b.runUntilReleased(6)
+	b.expectNoLastError("after every segment was uploaded")
+	b.expectOnce(seqs(3, 6), seqs(5, 6), append(first.Appended(), spool.Appended()[2:]...))
+	return b
 }
 
 // addSegments appends n segments of random content, continuing the

@@ -17,14 +17,7 @@ import (
 func TestLastErrorClearsOnceTheStoreIsBack(t *testing.T) {
 	t.Run("restart with nothing new", func(t *testing.T) {
 		st := newStore(t)
-		first := archivertest.NewSpool(t)
-		addSegments(first, 2, 1)
-		a := newRig(t, st, first, nil)
-		a.start()
-		a.waitReleased(2)
-		if err := a.stop(); err != nil {
-			t.Fatal(err)
-		}
+		first, _ := archived(t, st, 2)
 		// Restarted after a crash before segment 2 was released; the
 		// store is unreachable for a while at the start.
 		spool := archivertest.NewSpool(t)

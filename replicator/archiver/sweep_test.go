@@ -50,77 +50,23 @@ func sweep(t *testing.T, scenario func(t *testing.T, inject func(*storagetest.Fa
 // goes on — no ErrConflict, no segment twice, nothing replaced.
 func TestLostReplyAtAnyCall(t *testing.T) {
 	scenario := func(t *testing.T, inject func(*storagetest.Faults)) *storagetest.Faults {
-		spool := archivertest.NewSpool(t)
-		addSegments(spool, 3, 1)
+		spool := newSpool(t, 3, 1)
 		r := newRig(t, newStore(t), spool, nil)
 		if inject != nil {
 			inject(r.store)
 		}
-		r.start()
-		r.waitReleased(3)
-		if err := r.stop(); err != nil {
-			t.Errorf("Run: %v", err)
-		}
-		if e := r.a.LastError(); e != "" {
-			t.Errorf("LastError = %q after every segment was uploaded", e)
-		}
-		if got := spool.ArchivedCalls(); !slices.Equal(got, seqs(1, 3)) {
-			t.Errorf("Archived calls %v, want 1..3", got)
-		}
-		if got := r.uploads(); !slices.Equal(got, seqs(1, 3)) {
-			t.Errorf("Uploaded calls %v, want 1..3", got)
-		}
-		checkArchive(t, r.inner, spool.Appended())
-		noOverwrite(t, r.store)
+		r.runUntilReleased(3)
+		r.expectNoLastError("after every segment was uploaded")
+		r.expectOnce(seqs(1, 3), seqs(1, 3), spool.Appended())
 		return r.store
 	}
 	sweep(t, scenario, func(f *storagetest.Faults, op storagetest.Op, n int) { f.LoseReplyNth(op, "", n) })
 }
 
-// restartScenario: an earlier run uploaded segments 1..4 (catalogued: and
-// wrote a catalog object) and released 1 and 2; the spool after the
-// restart holds 3 and 4 and two new ones. The new archiver, with inject
-// in place, must release 3..6 in order and upload only 5 and 6.
+// restartScenario is restart as a sweep's scenario.
 func restartScenario(catalogued bool) func(t *testing.T, inject func(*storagetest.Faults)) *storagetest.Faults {
 	return func(t *testing.T, inject func(*storagetest.Faults)) *storagetest.Faults {
-		st := newStore(t)
-		first := archivertest.NewSpool(t)
-		addSegments(first, 4, 1)
-		a := newRig(t, st, first, nil)
-		a.start()
-		a.waitReleased(4)
-		if err := a.stop(); err != nil {
-			t.Fatal(err)
-		}
-		if catalogued {
-			if err := a.a.Drain(context.Background()); err != nil {
-				t.Fatal(err)
-			}
-		}
-		spool := archivertest.NewSpool(t)
-		spool.AppendAll(first.Appended()[2:])
-		addSegments(spool, 2, 1)
-		b := newRig(t, st, spool, nil)
-		if inject != nil {
-			inject(b.store)
-		}
-		b.start()
-		b.waitReleased(6)
-		if err := b.stop(); err != nil {
-			t.Errorf("Run: %v", err)
-		}
-		if got := spool.ArchivedCalls(); !slices.Equal(got, seqs(3, 6)) {
-			t.Errorf("Archived calls %v, want 3..6", got)
-		}
-		if got := b.uploads(); !slices.Equal(got, seqs(5, 6)) {
-			t.Errorf("Uploaded calls %v, want 5 and 6", got)
-		}
-		if e := b.a.LastError(); e != "" {
-			t.Errorf("LastError = %q after every segment was uploaded", e)
-		}
-		checkArchive(t, st, append(first.Appended(), spool.Appended()[2:]...))
-		noOverwrite(t, b.store)
-		return b.store
+		return restart(t, catalogued, inject).store
 	}
 }
 
@@ -161,17 +107,12 @@ func TestCrashAtAnyCall(t *testing.T) {
 		}
 		return r.store, life.Err() != nil
 	}
-	spoolOf := func(t *testing.T) *archivertest.Spool {
-		s := archivertest.NewSpool(t)
-		addSegments(s, segs, 1)
-		return s
-	}
-	clean, _ := firstRun(t, newStore(t), spoolOf(t), 0)
+	clean, _ := firstRun(t, newStore(t), newSpool(t, segs, 1), 0)
 	total := clean.Calls(storagetest.OpAny)
 	for n := 1; n <= total; n++ {
 		t.Run(fmt.Sprintf("call#%d", n), func(t *testing.T) {
 			st := newStore(t)
-			spool := spoolOf(t)
+			spool := newSpool(t, segs, 1)
 			f, crashed := firstRun(t, st, spool, n)
 			if !crashed {
 				t.Fatalf("no crash at call %d of %d", n, f.Calls(storagetest.OpAny))
@@ -190,11 +131,7 @@ func TestCrashAtAnyCall(t *testing.T) {
 			all = append(all, after.Appended()[len(after.Appended())-1])
 
 			r := newRig(t, st, after, nil)
-			r.start()
-			r.waitReleased(segs + 1)
-			if err := r.stop(); err != nil {
-				t.Errorf("Run after the crash: %v", err)
-			}
+			r.runUntilReleased(segs + 1)
 			if err := r.a.Drain(context.Background()); err != nil {
 				t.Errorf("Drain after the crash: %v", err)
 			}
