@@ -28,7 +28,15 @@ func putV2(t *testing.T, st storage.Store, seq uint64, content []byte) Segment {
 		FirstGTID: fmt.Sprintf("0-1-%d", seq), LastGTID: fmt.Sprintf("0-1-%d", seq), Txns: 1,
 		FirstTime: time.Unix(1700000000, 0).UTC(), LastTime: time.Unix(1700000000, 0).UTC(),
 		Tables: []string{"d.t"}, Bytes: int64(len(content)), SHA256: hex.EncodeToString(sum[:])}
-	h, err := EncodeHeader(seg)
+	putObject(t, st, seg, content)
+	return seg
+}
+
+// putObject stores the format-2 object of segment header.Seq: header's
+// manifest at its head, then the zstd frames of content.
+func putObject(t *testing.T, st storage.Store, header Segment, content []byte) {
+	t.Helper()
+	h, err := EncodeHeader(header)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,10 +45,9 @@ func putV2(t *testing.T, st storage.Store, seq uint64, content []byte) Segment {
 	enc, _ := zstd.NewWriter(&buf)
 	enc.Write(content)
 	enc.Close()
-	if _, err := st.PutIfAbsent(context.Background(), SegmentKey(seq), &buf); err != nil {
+	if _, err := st.PutIfAbsent(context.Background(), SegmentKey(header.Seq), &buf); err != nil {
 		t.Fatal(err)
 	}
-	return seg
 }
 
 // putV1 stores segment seq as binvault did before format 2: the object,
