@@ -338,11 +338,15 @@ func (a *Applier) session(ctx context.Context) error {
 			return err
 		}
 	}
-	f, err := newFeed(ctx, a.spool, a.store, a.flavor, applied)
-	if err != nil {
-		return err
+	f, err := NewFeed(ctx, FeedOptions{Spool: a.spool, Store: a.store, Flavor: a.flavor}, applied)
+	var he *HistoryError
+	if errors.As(err, &he) {
+		return usage.Errorf("the replica is at GTID %q but the oldest history binvault holds after it (segment %d) starts at %q: seed the replica from a backup (or restore) at a position binvault archived, then start again", he.Position, he.Oldest.Seq, he.Oldest.Start.GTIDSet)
 	}
-	defer f.close()
+	if err != nil {
+		return fmt.Errorf("position the replica's feed: %w", err)
+	}
+	defer f.Close()
 	a.connected.Store(true)
 	a.opts.Metrics.ReplicaConnected.Set(1)
 	a.opts.Log.Info("applying to the replica", "replica", a.opts.DSN.String(), "from", applied.String(), "segment", f.seq)
@@ -367,13 +371,13 @@ func (a *Applier) session(ctx context.Context) error {
 		Log: a.opts.Log,
 	})
 	for {
-		ev, err := f.next(ctx, false)
-		if errors.Is(err, errWouldBlock) {
+		ev, err := f.Next(ctx, false)
+		if errors.Is(err, ErrWouldBlock) {
 			// Nothing more right now: send what is batched, then wait.
 			if err := b.Flush(); err != nil {
 				return err
 			}
-			ev, err = f.next(ctx, true)
+			ev, err = f.Next(ctx, true)
 		}
 		if err != nil {
 			return err

@@ -9,41 +9,76 @@ import (
 
 	"github.com/binvault/binvault/internal/archive"
 	"github.com/binvault/binvault/internal/binlog"
-	"github.com/binvault/binvault/internal/usage"
 	"github.com/binvault/binvault/storage"
 )
 
-// feed yields the events of consecutive segments, from the spool while it
-// holds them and from the archive otherwise, so a replica that fell behind
-// the spool (which keeps only what is not archived yet) catches up from
-// the store. Within the segment being written it follows the spool's
-// committed end and never reads a partial transaction.
-type feed struct {
-	spool  *Spool
+// Feed yields the events of consecutive segments, from the spool while it
+// holds them and from the archive otherwise, so a consumer that fell
+// behind the spool (which keeps only what is not archived yet) catches up
+// from the store. Within the segment being written it follows the spool's
+// committed end and never reads a partial transaction. Without a spool
+// (binvault serve) it reads the archive alone and waits for new segments
+// through FeedOptions.WaitArchived.
+//
+// Each segment starts with its format description event: a consumer that
+// needs to know where one segment ends and the next begins watches for it
+// and asks Segment.
+type Feed struct {
+	spool  *Spool // nil: the archive alone
 	store  storage.Store
 	flavor string
+	wait   func(ctx context.Context, seq uint64, block bool) (archive.Segment, error)
 
-	seq    uint64 // segment being read
-	r      *binlog.Reader
-	closer io.Closer
-	tail   *tailReader
-	ix     *archive.Index // loaded on first need
+	seq     uint64 // segment being read
+	seg     archive.Segment
+	inSpool bool
+	r       *binlog.Reader
+	closer  io.Closer
+	tail    *tailReader
+	ix      *archive.Index // loaded on first need
 }
 
-// newFeed positions a feed on the segment holding the first transaction
-// after applied; it is an error when history between applied and the
-// oldest segment binvault still holds is missing.
-func newFeed(ctx context.Context, sp *Spool, st storage.Store, flavor string, applied binlog.GTIDSet) (*feed, error) {
-	f := &feed{spool: sp, store: st, flavor: flavor}
+// FeedOptions say where a Feed reads.
+type FeedOptions struct {
+	Spool  *Spool // nil: read the archive alone
+	Store  storage.Store
+	Flavor string
+	// Archived, with no spool, returns segment seq's manifest once it is
+	// in the archive: with block set it waits until then, otherwise it
+	// returns ErrWouldBlock (binvault serve polls the store for new
+	// segments once for all its replicas).
+	Archived func(ctx context.Context, seq uint64, block bool) (archive.Segment, error)
+}
+
+// HistoryError: the history between a consumer's position and the oldest
+// segment binvault still holds is missing (pruned, or never archived).
+type HistoryError struct {
+	Position string          // the consumer's GTID position
+	Oldest   archive.Segment // the oldest segment after it that binvault holds
+}
+
+func (e *HistoryError) Error() string {
+	return fmt.Sprintf("the position %q is not in the history binvault holds: the oldest segment after it (%d) starts at %q", e.Position, e.Oldest.Seq, e.Oldest.Start.GTIDSet)
+}
+
+// NewFeed positions a feed on the segment holding the first transaction
+// after applied; it is a *HistoryError when history between applied and
+// the oldest segment binvault still holds is missing.
+func NewFeed(ctx context.Context, o FeedOptions, applied binlog.GTIDSet) (*Feed, error) {
+	f := &Feed{spool: o.Spool, store: o.Store, flavor: o.Flavor, wait: o.Archived}
 	// One view of the spool: deciding from a list taken now and a "next
 	// segment" read later would skip what was written in between.
-	cands, openSeq, next := sp.Snapshot()
+	var cands []archive.Segment
+	var openSeq, next uint64
+	if f.spool != nil {
+		cands, openSeq, next = f.spool.Snapshot()
+	}
 	// A segment is only passed over when the replica stands, in every
 	// domain at the segment's sequence number, on the same GTID: a replica
 	// whose own write took a sequence number of the primary's domain is
 	// caught transaction by transaction (skipper).
 	contains := func(p binlog.Position) bool {
-		set, err := binlog.ParseGTIDSet(flavor, p.GTIDSet)
+		set, err := binlog.ParseGTIDSet(o.Flavor, p.GTIDSet)
 		return err == nil && applied.Contains(set) && applied.SameAtEqualSeq(set)
 	}
 	pick := func(segs []archive.Segment) (uint64, bool, error) {
@@ -54,7 +89,7 @@ func newFeed(ctx context.Context, sp *Spool, st storage.Store, flavor string, ap
 				continue
 			}
 			if !contains(s.Start) {
-				return 0, false, usage.Errorf("the replica is at GTID %q but the oldest history binvault holds after it (segment %d) starts at %q: seed the replica from a backup (or restore) at a position binvault archived, then start again", applied.String(), s.Seq, s.Start.GTIDSet)
+				return 0, false, &HistoryError{Position: applied.String(), Oldest: s}
 			}
 			return s.Seq, true, nil
 		}
@@ -72,9 +107,9 @@ func newFeed(ctx context.Context, sp *Spool, st storage.Store, flavor string, ap
 		return f, nil
 	}
 	// Behind the spool: the archive has what is missing.
-	ix, err := archive.Load(ctx, st, false)
+	ix, err := archive.Load(ctx, f.store, false)
 	if err != nil {
-		return nil, fmt.Errorf("read the archive to catch the replica up: %w", err)
+		return nil, fmt.Errorf("read the archive: %w", err)
 	}
 	f.ix = ix
 	seq, ok, err := pick(ix.Segments)
@@ -91,18 +126,35 @@ func newFeed(ctx context.Context, sp *Spool, st storage.Store, flavor string, ap
 		}
 		if !ok {
 			seq = next
+			if f.spool == nil {
+				seq = 1
+				if last := ix.Last(); last != nil {
+					seq = last.Seq + 1
+				}
+			}
 		}
 	}
 	f.seq = seq
 	return f, nil
 }
 
-// errWouldBlock: no event is available right now.
-var errWouldBlock = errors.New("no event ready")
+// Segment is the manifest of the segment the last event came from (of the
+// spool's open segment: as far as it is committed).
+func (f *Feed) Segment() archive.Segment {
+	if f.inSpool && f.spool != nil {
+		if m, ok := f.spool.Manifest(f.seq); ok {
+			return m
+		}
+	}
+	return f.seg
+}
 
-// next returns the next event. With wait false it returns errWouldBlock
+// ErrWouldBlock: no event is available right now.
+var ErrWouldBlock = errors.New("no event ready")
+
+// Next returns the next event. With wait false it returns ErrWouldBlock
 // instead of waiting for the spool to commit more.
-func (f *feed) next(ctx context.Context, wait bool) (binlog.Event, error) {
+func (f *Feed) Next(ctx context.Context, wait bool) (binlog.Event, error) {
 	for {
 		if f.r == nil {
 			if err := f.open(ctx, wait); err != nil {
@@ -116,8 +168,8 @@ func (f *feed) next(ctx context.Context, wait bool) (binlog.Event, error) {
 		if err == nil {
 			return ev, nil
 		}
-		if errors.Is(err, errWouldBlock) {
-			return binlog.Event{}, errWouldBlock
+		if errors.Is(err, ErrWouldBlock) {
+			return binlog.Event{}, ErrWouldBlock
 		}
 		if err == io.EOF {
 			f.closeSeg()
@@ -132,8 +184,11 @@ func (f *feed) next(ctx context.Context, wait bool) (binlog.Event, error) {
 }
 
 // open starts reading segment f.seq from wherever it is.
-func (f *feed) open(ctx context.Context, wait bool) error {
+func (f *Feed) open(ctx context.Context, wait bool) error {
 	for {
+		if f.spool == nil {
+			return f.openArchived(ctx, wait)
+		}
 		path, closed, committed, ok := f.spool.Locate(f.seq)
 		if ok {
 			file, err := os.Open(path)
@@ -148,12 +203,13 @@ func (f *feed) open(ctx context.Context, wait bool) error {
 				r, err := binlog.NewReader(rd, f.flavor)
 				if err != nil {
 					file.Close()
-					if errors.Is(err, errWouldBlock) {
-						return errWouldBlock
+					if errors.Is(err, ErrWouldBlock) {
+						return ErrWouldBlock
 					}
 					return fmt.Errorf("segment %d: %w", f.seq, err)
 				}
-				f.r, f.closer = r, file
+				f.r, f.closer, f.inSpool = r, file, true
+				f.seg, _ = f.spool.Manifest(f.seq)
 				return nil
 			}
 			// Released between Locate and Open: it is in the archive now.
@@ -162,7 +218,7 @@ func (f *feed) open(ctx context.Context, wait bool) error {
 		if f.seq >= next {
 			// Not written yet.
 			if !wait {
-				return errWouldBlock
+				return ErrWouldBlock
 			}
 			ch := f.spool.Changed()
 			if _, n, _ := f.spool.End(); n > f.seq {
@@ -183,33 +239,61 @@ func (f *feed) open(ctx context.Context, wait bool) error {
 		if err != nil {
 			return err
 		}
-		rc, err := archive.OpenSegment(ctx, f.store, seg)
-		if err != nil {
-			return fmt.Errorf("segment %d from the archive: %w", f.seq, err)
-		}
-		r, err := binlog.NewReader(rc, f.flavor)
-		if err != nil {
-			rc.Close()
-			return fmt.Errorf("segment %d from the archive: %w", f.seq, err)
-		}
-		f.r, f.closer = r, rc
-		return nil
+		return f.openSegment(ctx, seg)
 	}
 }
 
-func (f *feed) archived(ctx context.Context, seq uint64) (archive.Segment, error) {
-	find := func() (archive.Segment, bool) {
-		if f.ix == nil {
-			return archive.Segment{}, false
+// openArchived opens segment f.seq of an archive read without a spool,
+// waiting for it to be archived when wait is set.
+func (f *Feed) openArchived(ctx context.Context, wait bool) error {
+	var seg archive.Segment
+	if s, ok := f.indexed(f.seq); ok {
+		seg = s
+	} else if f.wait != nil {
+		s, err := f.wait(ctx, f.seq, wait)
+		if err != nil {
+			return err
 		}
-		for _, s := range f.ix.Segments {
-			if s.Seq == seq {
-				return s, true
-			}
+		seg = s
+	} else {
+		s, err := f.archived(ctx, f.seq)
+		if err != nil {
+			return err
 		}
+		seg = s
+	}
+	return f.openSegment(ctx, seg)
+}
+
+func (f *Feed) openSegment(ctx context.Context, seg archive.Segment) error {
+	rc, err := archive.OpenSegment(ctx, f.store, seg)
+	if err != nil {
+		return fmt.Errorf("segment %d from the archive: %w", f.seq, err)
+	}
+	r, err := binlog.NewReader(rc, f.flavor)
+	if err != nil {
+		rc.Close()
+		return fmt.Errorf("segment %d from the archive: %w", f.seq, err)
+	}
+	f.r, f.closer, f.seg, f.inSpool = r, rc, seg, false
+	return nil
+}
+
+// indexed finds seq in the index loaded at start.
+func (f *Feed) indexed(seq uint64) (archive.Segment, bool) {
+	if f.ix == nil {
 		return archive.Segment{}, false
 	}
-	if s, ok := find(); ok {
+	for _, s := range f.ix.Segments {
+		if s.Seq == seq {
+			return s, true
+		}
+	}
+	return archive.Segment{}, false
+}
+
+func (f *Feed) archived(ctx context.Context, seq uint64) (archive.Segment, error) {
+	if s, ok := f.indexed(seq); ok {
 		return s, nil
 	}
 	m, err := archive.ReadManifest(ctx, f.store, seq)
@@ -219,17 +303,18 @@ func (f *feed) archived(ctx context.Context, seq uint64) (archive.Segment, error
 	return *m, nil
 }
 
-func (f *feed) closeSeg() {
+func (f *Feed) closeSeg() {
 	if f.closer != nil {
 		f.closer.Close()
 	}
 	f.r, f.closer, f.tail = nil, nil, nil
 }
 
-func (f *feed) close() { f.closeSeg() }
+// Close releases the segment being read.
+func (f *Feed) Close() { f.closeSeg() }
 
 // tailReader reads the segment being written up to its committed end,
-// waiting (or reporting errWouldBlock) for more, until it is closed.
+// waiting (or reporting ErrWouldBlock) for more, until it is closed.
 type tailReader struct {
 	f      *os.File
 	spool  *Spool
@@ -274,7 +359,7 @@ func (t *tailReader) Read(p []byte) (int, error) {
 			continue
 		}
 		if !t.wait {
-			return 0, errWouldBlock
+			return 0, ErrWouldBlock
 		}
 		select {
 		case <-t.ctx.Done():

@@ -727,6 +727,53 @@ func (s *Spool) Locate(seq uint64) (path string, closed bool, committed int64, o
 	return "", false, 0, false
 }
 
+// LastCommit is the commit time of the newest whole transaction in the
+// spool (zero before the first).
+func (s *Spool) LastCommit() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.open != nil && s.open.meta.Txns > 0 {
+		return s.open.meta.LastTime
+	}
+	if n := len(s.closed); n > 0 {
+		return s.closed[n-1].LastTime
+	}
+	return time.Time{}
+}
+
+// Checksums reports whether the events being spooled carry CRC32 (from
+// the stream's format description); ok is false before the first one.
+func (s *Spool) Checksums() (crc, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fde == nil {
+		return false, false
+	}
+	d := binlog.NewDecoder(s.flavor)
+	ev, err := d.Decode(s.fde)
+	if err != nil {
+		return false, false
+	}
+	fde, isFDE := ev.Parsed.(*replication.FormatDescriptionEvent)
+	return isFDE && fde.ChecksumAlgorithm == replication.BINLOG_CHECKSUM_ALG_CRC32, isFDE
+}
+
+// Manifest is segment seq's manifest while the spool holds it; for the
+// segment being written, as far as it is committed.
+func (s *Spool) Manifest(seq uint64) (archive.Segment, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.open != nil && s.open.seq == seq {
+		return s.open.meta, true
+	}
+	for _, m := range s.closed {
+		if m.Seq == seq {
+			return *m, true
+		}
+	}
+	return archive.Segment{}, false
+}
+
 // SegmentPath is the file of a closed segment.
 func (s *Spool) SegmentPath(seq uint64) string { return s.path(seq, ".binlog") }
 

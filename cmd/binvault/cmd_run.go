@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -22,6 +24,7 @@ import (
 	"github.com/binvault/binvault/internal/usage"
 	"github.com/binvault/binvault/replicator"
 	"github.com/binvault/binvault/replicator/archiver"
+	"github.com/binvault/binvault/replicator/serve"
 	"github.com/binvault/binvault/storage"
 )
 
@@ -65,6 +68,7 @@ type daemon struct {
 	archiver *archiver.Archiver
 	applier  *replicator.Applier // nil without a replica: section
 	sched    *scheduler          // nil without backup.schedule
+	server   *serve.Server       // nil without serve.listen
 	info     dbconn.ServerInfo
 	started  time.Time
 
@@ -155,7 +159,33 @@ func (d *daemon) setup(ctx context.Context, startFrom string) error {
 			return usage.Errorf("backup.schedule: %v", err)
 		}
 	}
+	if cfg.Serve.Listen != "" {
+		if d.server, err = newBinlogServer(cfg, &serve.Live{Spool: d.spool, Store: d.store, Origin: src}, d.metrics, d.log); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// newBinlogServer listens for replicas as serve: says.
+func newBinlogServer(cfg *config.Config, h serve.History, m *metrics.Metrics, log *slog.Logger) (*serve.Server, error) {
+	var users []serve.User
+	for _, u := range cfg.Serve.Users {
+		users = append(users, serve.User{Name: u.Name, Password: u.Password()})
+	}
+	var tc *tls.Config
+	if cfg.Serve.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.Serve.TLSCert, cfg.Serve.TLSKey)
+		if err != nil {
+			return nil, usage.Errorf("serve.tls_cert: %v", err)
+		}
+		tc = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	s, err := serve.New(serve.Options{Listen: cfg.Serve.Listen, Users: users, TLS: tc, History: h, Metrics: m, Log: log.With("part", "serve")})
+	if err != nil {
+		return nil, usage.Errorf("%v: choose a free address, or leave serve.listen empty", err)
+	}
+	return s, nil
 }
 
 // resolveStart picks where streaming begins when the spool is empty: the
@@ -257,6 +287,17 @@ func (d *daemon) run(ctx context.Context) error {
 	if d.sched != nil {
 		d.sched.start(ctx)
 	}
+	serveDone := make(chan struct{})
+	if d.server != nil {
+		go func() {
+			defer close(serveDone)
+			if err := d.server.Run(streamCtx); err != nil {
+				d.log.Error("binlog server stopped; streaming and archiving go on", "err", err.Error())
+			}
+		}()
+	} else {
+		close(serveDone)
+	}
 	// Often enough that `status` never shows a state older than what it
 	// sees in the store; the file is small and not fsync'd.
 	stateTick := time.NewTicker(250 * time.Millisecond)
@@ -302,6 +343,7 @@ loop:
 		<-srcDone
 	}
 	<-applyDone
+	<-serveDone
 	if err := d.spool.Flush(); err != nil {
 		d.log.Error("closing the open segment", "err", err.Error())
 	}
@@ -346,10 +388,38 @@ func (d *daemon) serveHTTP() (*http.Server, error) {
 		}
 		fmt.Fprintln(w, "ready")
 	})
+	if d.server != nil {
+		mux.HandleFunc("/health/replica/", replicaHealth(d.server, d.cfg.HTTP.MaxReplicaLag.D()))
+	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln)
 	d.log.Info("serving /metrics, /healthz, /readyz", "listen", ln.Addr().String())
 	return srv, nil
+}
+
+// replicaHealth answers /health/replica/<server_id> for load balancers:
+// 200 while that served replica is connected and at most maxLag behind,
+// 503 otherwise, with the reason.
+func replicaHealth(s *serve.Server, maxLag time.Duration) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id, err := strconv.ParseUint(strings.TrimPrefix(r.URL.Path, "/health/replica/"), 10, 32)
+		if err != nil {
+			http.Error(w, "use /health/replica/<server_id>", http.StatusNotFound)
+			return
+		}
+		for _, rep := range s.Replicas() {
+			if uint64(rep.ServerID) != id || !rep.Dumping {
+				continue
+			}
+			if lag := time.Duration(rep.LagSeconds * float64(time.Second)); lag > maxLag {
+				http.Error(w, fmt.Sprintf("replica %d is %s behind (%d transactions), over %s", id, lag, rep.LagTransactions, maxLag), http.StatusServiceUnavailable)
+				return
+			}
+			fmt.Fprintf(w, "replica %d: %d transactions, %.0fs behind\n", id, rep.LagTransactions, rep.LagSeconds)
+			return
+		}
+		http.Error(w, fmt.Sprintf("replica %d is not connected", id), http.StatusServiceUnavailable)
+	}
 }
 
 // rpoLimit is the RPO past which the daemon is not ready: five times what

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/binvault/binvault/internal/binlog"
+	"github.com/binvault/binvault/replicator/serve"
 )
 
 // stateFile is where a running daemon reports itself, four times a second, for
@@ -46,6 +47,13 @@ type daemonState struct {
 	Replica *replicaState `json:"replica,omitempty"`
 	// Backup: the scheduled backups (backup.schedule), when configured.
 	Backup *backupState `json:"backup,omitempty"`
+	// Serve: the binlog server (serve.listen), when configured.
+	Serve *serveState `json:"serve,omitempty"`
+}
+
+type serveState struct {
+	Listen   string                `json:"listen"`
+	Replicas []serve.ReplicaStatus `json:"replicas"`
 }
 
 type replicaState struct {
@@ -105,6 +113,12 @@ func (d *daemon) state() daemonState {
 	}
 	if d.sched != nil {
 		st.Backup = d.sched.status()
+	}
+	if d.server != nil {
+		st.Serve = &serveState{Listen: d.server.Addr(), Replicas: d.server.Replicas()}
+		if st.Serve.Replicas == nil {
+			st.Serve.Replicas = []serve.ReplicaStatus{}
+		}
 	}
 	return st
 }

@@ -1,6 +1,8 @@
 package metrics
 
 import (
+	"strconv"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -122,4 +124,58 @@ func (m *Metrics) RegisterSpool(g SpoolGauges) {
 	gf("spool_segments", "Closed segments in the spool not yet released.", g.Segments)
 	gf("archive_rpo_seconds", "Time since the oldest transaction not yet archived arrived at binvault (0 when all are archived): what losing this host now would lose.", g.RPO)
 	gf("archive_unarchived_commit_age_seconds", "Age of the oldest transaction not yet archived, from its commit time on the primary (binlog timestamps: whole seconds); includes the primary's delay in sending it.", g.CommitAge)
+}
+
+// ServedReplica is one replica of the binlog server at scrape time.
+type ServedReplica struct {
+	ServerID        uint32
+	LagTransactions int64
+	LagSeconds      float64
+}
+
+// ServeSnapshot is what the binlog server reports at scrape time.
+type ServeSnapshot struct {
+	Replicas      []ServedReplica
+	Events, Bytes int64
+}
+
+// RegisterServe adds the binlog server's metrics, read from snap when
+// scraped (per-replica series come and go with the replicas).
+func (m *Metrics) RegisterServe(snap func() ServeSnapshot) {
+	m.Registry.MustRegister(&serveCollector{snap: snap})
+}
+
+var (
+	serveReplicasDesc = prometheus.NewDesc("binvault_serve_replicas", "Replicas connected to the binlog server.", nil, nil)
+	serveEventsDesc   = prometheus.NewDesc("binvault_serve_events_total", "Binlog events sent to served replicas.", nil, nil)
+	serveBytesDesc    = prometheus.NewDesc("binvault_serve_bytes_total", "Binlog bytes sent to served replicas.", nil, nil)
+	serveLagTxnsDesc  = prometheus.NewDesc("binvault_serve_replica_lag_transactions",
+		"Transactions binvault holds that a served replica has not been sent yet, by server_id.", []string{"server_id"}, nil)
+	serveLagSecsDesc = prometheus.NewDesc("binvault_serve_replica_lag_seconds",
+		"How far a served replica is behind, in the primary's commit time (whole seconds), by server_id; 0 when it has everything.", []string{"server_id"}, nil)
+)
+
+type serveCollector struct{ snap func() ServeSnapshot }
+
+func (c *serveCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{serveReplicasDesc, serveEventsDesc, serveBytesDesc, serveLagTxnsDesc, serveLagSecsDesc} {
+		ch <- d
+	}
+}
+
+func (c *serveCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.snap()
+	ch <- prometheus.MustNewConstMetric(serveReplicasDesc, prometheus.GaugeValue, float64(len(s.Replicas)))
+	ch <- prometheus.MustNewConstMetric(serveEventsDesc, prometheus.CounterValue, float64(s.Events))
+	ch <- prometheus.MustNewConstMetric(serveBytesDesc, prometheus.CounterValue, float64(s.Bytes))
+	seen := map[uint32]bool{}
+	for _, r := range s.Replicas {
+		if seen[r.ServerID] {
+			continue // a duplicate server_id is being disconnected
+		}
+		seen[r.ServerID] = true
+		id := strconv.FormatUint(uint64(r.ServerID), 10)
+		ch <- prometheus.MustNewConstMetric(serveLagTxnsDesc, prometheus.GaugeValue, float64(r.LagTransactions), id)
+		ch <- prometheus.MustNewConstMetric(serveLagSecsDesc, prometheus.GaugeValue, r.LagSeconds, id)
+	}
 }
