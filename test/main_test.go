@@ -86,10 +86,16 @@ type daemon struct {
 
 func startDaemon(t testing.TB, env []string, args ...string) *daemon {
 	t.Helper()
+	return startCommand(t, env, "run", args...)
+}
+
+// startCommand starts a long-running binvault command (run, serve).
+func startCommand(t testing.TB, env []string, command string, args ...string) *daemon {
+	t.Helper()
 	if lvl := os.Getenv("BINVAULT_TEST_DAEMON_LOG_LEVEL"); lvl != "" {
 		args = append(args, "--log-level", lvl) // e.g. debug, with BINVAULT_TEST_DAEMON_LOG
 	}
-	cmd := exec.Command(binvaultBin, append([]string{"run"}, args...)...)
+	cmd := exec.Command(binvaultBin, append([]string{command}, args...)...)
 	cmd.Env = append(os.Environ(), env...)
 	d := &daemon{cmd: cmd, log: &bytes.Buffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = d.log, d.log

@@ -84,3 +84,92 @@ func TestNativeReplicaFollowsBinvault(t *testing.T) {
 		t.Fatalf("SIGTERM: exit %d\n%s", code, d.log)
 	}
 }
+
+// writeServeConfig is a binvault serve configuration: storage: and serve:
+// only, no source.
+func (s *servedSetup) writeServeConfig(t *testing.T, serveAddr, webAddr string) string {
+	t.Helper()
+	dir := t.TempDir()
+	body := fmt.Sprintf("storage:\n  url: %s\n  endpoint: %s\n  path_style: true\n  region: us-east-1\nspool:\n  dir: %s\nhttp:\n  listen: %q\narchive:\n  rpo_target: 300ms\nserve:\n  listen: %s\n  users:\n    - name: %s\n      password_env: SERVE_PW\n",
+		s.s3.URL("archive"), s.s3.Endpoint(), filepath.Join(dir, "spool"), webAddr, serveAddr, s.user)
+	return writeFile(t, filepath.Join(dir, "serve.yaml"), body)
+}
+
+// A region with the store but no primary: binvault serve feeds a native
+// replica from the archive alone, with the primary stopped, then follows
+// the archive as the primary comes back and writes more.
+func TestServeFromTheArchiveAlone(t *testing.T) {
+	s := newServedSetupWith(t)
+	d := startDaemon(t, s.env, "--config", s.cfg)
+	s.waitConnected(t, d)
+	prepareLoadSchema(t, s.primary)
+	l := startLoad(t, s.primary, 3, true)
+	time.Sleep(2 * time.Second)
+	l.Stop()
+	s.waitArchived(t, 30*time.Second)
+	if code := d.stop(t, 15*time.Second); code != 0 {
+		t.Fatalf("run: exit %d\n%s", code, d.log)
+	}
+	want := checksums(t, s.primary)
+	pos := s.primary.QueryString(t, "SELECT @@gtid_binlog_pos")
+	if err := s.primary.Stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	ports := make([]int, 2)
+	for i := range ports {
+		p, err := harness.FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ports[i] = p
+	}
+	serveAddr, web := fmt.Sprintf("127.0.0.1:%d", ports[0]), fmt.Sprintf("127.0.0.1:%d", ports[1])
+	sv := startCommand(t, s.env, "serve", "--config", s.writeServeConfig(t, serveAddr, web))
+	eventually(t, 20*time.Second, "binvault serve to listen", func() bool {
+		if sv.exited() {
+			t.Fatalf("serve exited: %s", sv.log)
+		}
+		code, _ := httpGet("http://"+web, "/readyz")
+		return code == 200
+	})
+	s.serveAddr = serveAddr
+	r := s.startNativeReplica(t, "dr")
+	eventually(t, 60*time.Second, "the replica to reach "+pos, func() bool {
+		st := slaveStatus(t, r)
+		if st["Slave_SQL_Running"] == "No" || st["Slave_IO_Running"] == "No" {
+			t.Fatalf("replica stopped: IO %s: %s; SQL %s: %s\nserve log:\n%s", st["Last_IO_Errno"], st["Last_IO_Error"], st["Last_SQL_Errno"], st["Last_SQL_Error"], sv.log)
+		}
+		return r.QueryString(t, "SELECT @@gtid_slave_pos") == pos
+	})
+	got := checksums(t, r)
+	for tb, sum := range want {
+		if got[tb] != sum {
+			t.Errorf("%s: CHECKSUM TABLE primary %s, DR replica %s", tb, sum, got[tb])
+		}
+	}
+
+	// The primary returns and writes more; the archive grows; serve
+	// follows it and so does the replica, with no connection to either.
+	if err := s.primary.Start(); err != nil {
+		t.Fatal(err)
+	}
+	d = startDaemon(t, s.env, "--config", s.cfg)
+	s.waitConnected(t, d)
+	l = startLoad(t, s.primary, 2, false)
+	time.Sleep(2 * time.Second)
+	l.Stop()
+	s.waitArchived(t, 30*time.Second)
+	waitReplicaAt(t, s.primary, r, 30*time.Second)
+	want = checksums(t, s.primary)
+	got = checksums(t, r)
+	for tb, sum := range want {
+		if got[tb] != sum {
+			t.Errorf("after following: %s: CHECKSUM TABLE primary %s, DR replica %s", tb, sum, got[tb])
+		}
+	}
+	if code := sv.stop(t, 15*time.Second); code != 0 {
+		t.Fatalf("serve: exit %d\n%s", code, sv.log)
+	}
+	d.stop(t, 15*time.Second)
+}

@@ -112,7 +112,7 @@ Exit codes: 0 success, 1 operational failure, 2 usage or configuration error.`,
 	pf.StringVar(&g.logFormat, "log-format", "", "log format on stderr: text or json (default: text on a terminal, json otherwise)")
 	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	root.AddCommand(
-		newRunCmd(g), newBackupCmd(g), newBackupsCmd(g), newSegmentsCmd(g),
+		newRunCmd(g), newServeCmd(g), newBackupCmd(g), newBackupsCmd(g), newSegmentsCmd(g),
 		newRestoreCmd(g), newFindCmd(g), newVerifyCmd(g), newStatusCmd(g), newPruneCmd(g), newVersionCmd(g),
 	)
 	return root
@@ -143,7 +143,12 @@ func (g *globals) setupLogging() error {
 }
 
 // loadConfig reads --config or $BINVAULT_CONFIG.
-func (g *globals) loadConfig() (*config.Config, error) {
+func (g *globals) loadConfig() (*config.Config, error) { return g.load(config.Load) }
+
+// loadServeConfig reads the configuration of binvault serve (no source).
+func (g *globals) loadServeConfig() (*config.Config, error) { return g.load(config.LoadServe) }
+
+func (g *globals) load(load func(string) (*config.Config, error)) (*config.Config, error) {
 	path := g.configPath
 	if path == "" {
 		path = os.Getenv(envConfig)
@@ -151,7 +156,7 @@ func (g *globals) loadConfig() (*config.Config, error) {
 	if path == "" {
 		return nil, usage.Errorf("no configuration: pass --config FILE or set %s (configs/binvault.example.yaml is a starting point)", envConfig)
 	}
-	cfg, err := config.Load(path)
+	cfg, err := load(path)
 	if err != nil {
 		return nil, usage.Wrap(err)
 	}
