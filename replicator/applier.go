@@ -24,6 +24,10 @@ import (
 )
 
 const (
+	// DefaultInFlight packets ahead: at an 80 ms round trip and 256
+	// transactions a packet, room for about 12,000 transactions per second
+	// before the network, not the replica, is the limit.
+	DefaultInFlight = 4
 	// stableSession: a session that lasted this long worked; the next
 	// reconnect starts again at the shortest delay.
 	stableSession = time.Minute
@@ -43,6 +47,10 @@ type ApplierOptions struct {
 	// first (zero: replay.DefaultReplicaBatchTxns, DefaultBatchBytes).
 	BatchTxns  int
 	BatchBytes int
+	// InFlight is how many packets the applier sends before it reads the
+	// first one's answers (zero: DefaultInFlight): across a long round
+	// trip the replica works while answers travel.
+	InFlight int
 	// StateDir keeps the applier's connection id, so a restarted daemon can
 	// stop a packet its predecessor left running on the replica.
 	StateDir string
@@ -89,6 +97,9 @@ type ApplyError = replay.ApplyError
 
 // NewApplier prepares an applier; ReplicaPreflight should have passed.
 func NewApplier(o ApplierOptions, flavor string, sp *Spool, st storage.Store) *Applier {
+	if o.InFlight <= 0 {
+		o.InFlight = DefaultInFlight
+	}
 	return &Applier{opts: o, spool: sp, store: st, flavor: flavor, filter: replay.NewFilter(o.Include, o.Exclude)}
 }
 
@@ -356,6 +367,7 @@ func (a *Applier) session(ctx context.Context) error {
 		Mode:       replay.Replica,
 		BatchTxns:  a.opts.BatchTxns,
 		BatchBytes: a.opts.BatchBytes,
+		InFlight:   a.opts.InFlight,
 		Filter:     a.filter,
 		Rewrite:    a.rewrite(),
 		Skip:       skipper(a.flavor, mine, a.recoveredDDL(c, applied), a.opts.Log),

@@ -183,6 +183,60 @@ func TestApplyKnowsWhichTransactionsOfAPacketCommitted(t *testing.T) {
 	}
 }
 
+// The same with packets in flight: one transaction per packet, four
+// packets ahead. The packets sent after the refused one reach the server
+// but their guards stop them: the replica holds exactly the transactions
+// before the refusal, none after.
+func TestApplyPipelinedStopsAtTheRefusedTransaction(t *testing.T) {
+	pl := newPipeline(t)
+	pl.primary.Exec(t, "CREATE DATABASE d; CREATE TABLE d.t (id INT PRIMARY KEY)")
+	if err := pl.apply(t, pl.opts, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// A DDL that will fail on the replica: a refused DDL leaves no
+	// transaction open, so without the guard the packets behind it would
+	// run (a refused row change leaves its transaction open, which happens
+	// to stop them too).
+	pl.replica.Exec(t, "SET sql_log_bin=0; CREATE TABLE d.x (local INT)")
+	for i := 1; i <= 5; i++ {
+		pl.primary.Exec(t, fmt.Sprintf("INSERT INTO d.t VALUES (%d)", i))
+	}
+	pl.primary.Exec(t, "CREATE TABLE d.x (id INT)")
+	for i := 6; i <= 9; i++ {
+		pl.primary.Exec(t, fmt.Sprintf("INSERT INTO d.t VALUES (%d)", i))
+	}
+	before := pl.primary.QueryString(t, "SELECT @@gtid_binlog_pos")
+	time.Sleep(500 * time.Millisecond)
+	o := pl.opts
+	o.BatchTxns, o.InFlight = 1, 4
+	err := pl.apply(t, o, 30*time.Second)
+	var ae *ApplyError
+	if !errors.As(err, &ae) || ae.Err.Code != 1050 {
+		t.Fatalf("want the CREATE TABLE refused (1050), got %v", err)
+	}
+	seq := func(g string) int {
+		var d, s, n int
+		fmt.Sscanf(g, "%d-%d-%d", &d, &s, &n)
+		return n
+	}
+	if failed := seq(ae.GTID); failed != seq(before)-4 {
+		t.Fatalf("refused %s, want the CREATE TABLE (seq %d)", ae.GTID, seq(before)-4)
+	}
+	if pos := pl.replica.QueryString(t, "SELECT @@gtid_binlog_pos"); seq(pos) != seq(before)-5 {
+		t.Fatalf("replica at %s: a packet sent after the refused one ran (want seq %d)", pos, seq(before)-5)
+	}
+	if got := pl.replica.QueryString(t, "SELECT GROUP_CONCAT(id ORDER BY id) FROM d.t"); got != "1,2,3,4,5" {
+		t.Fatalf("replica holds rows %s, want 1..5", got)
+	}
+	pl.replica.Exec(t, "SET sql_log_bin=0; DROP TABLE d.x")
+	if err := pl.apply(t, o, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if p, r := tableChecksums(t, pl.primary), tableChecksums(t, pl.replica); p != r {
+		t.Fatalf("checksums differ after the retry:\nprimary %s\nreplica %s", p, r)
+	}
+}
+
 // Pitfalls 4, 5, 6 and 9: each source transaction keeps its own GTID
 // (domain, server, sequence) on the replica, across domains and servers;
 // multi-statement transactions are not split into several GTIDs; and the

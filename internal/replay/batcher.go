@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"time"
 
@@ -90,7 +91,13 @@ type Options struct {
 	// Flushed is called after each round trip with the transactions it
 	// committed and how long it took.
 	Flushed func(txns int, d time.Duration)
-	Log     *slog.Logger
+	// InFlight (Replica) is how many packets may be sent before the answers
+	// of the first are read: across a long round trip the replica then
+	// works while answers travel. Each packet then starts with a guard that
+	// fails unless the packet before it ran to its end, so nothing runs
+	// after a refused transaction. 0 or 1: one packet at a time.
+	InFlight int
+	Log      *slog.Logger
 }
 
 // ErrStop: the replay reached the transaction Stop chose.
@@ -126,6 +133,17 @@ type Batcher struct {
 	group      []Txn
 	groupOpen  bool
 	groupBytes int
+
+	// Packets sent whose answers are not read yet, oldest first.
+	flight  []packet
+	batchID int // the number of the last packet sent (InFlight > 1)
+}
+
+// packet is one packet sent: its statements, in order.
+type packet struct {
+	refs []stmtRef
+	seq  uint8 // sequence number of its first answer
+	sent time.Time
 }
 
 type stmtRef struct {
@@ -159,9 +177,20 @@ type txnState struct {
 type conn interface {
 	add(stmt []byte)
 	pending() (stmts, bytes int)
-	flush(timeout time.Duration) (int, error)
+	send() (n int, seq uint8, err error)
+	receive(n int, seq uint8) (int, error)
 	Exec(q string) error
 	Query(q string) (*mysql.Result, error)
+}
+
+// guardSQL fails (error 1644) unless the packet numbered prev set its
+// mark, i.e. ran to its end; 0 is "no packet yet".
+func guardSQL(prev int) string {
+	want := "NULL"
+	if prev > 0 {
+		want = strconv.Itoa(prev)
+	}
+	return "IF @binvault_batch <=> " + want + " THEN DO 0; ELSE SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'binvault: an earlier packet on this connection failed; nothing of this one ran'; END IF"
 }
 
 // New prepares a batcher on c; the session starts fresh (the format
@@ -197,6 +226,10 @@ func (b *Batcher) full() bool {
 }
 
 func (b *Batcher) add(stmt []byte, desc string) *stmtRef {
+	if b.o.InFlight > 1 && len(b.refs) == 0 {
+		b.c.add([]byte(guardSQL(b.batchID)))
+		b.refs = append(b.refs, stmtRef{desc: "guard: the connection's previous packet ran to its end"})
+	}
 	b.c.add(stmt)
 	b.refs = append(b.refs, stmtRef{t: b.cur, desc: desc})
 	return &b.refs[len(b.refs)-1]
@@ -246,7 +279,7 @@ func (b *Batcher) Event(ctx context.Context, ev binlog.Event) error {
 		return err
 	}
 	if b.full() {
-		return b.Flush()
+		return b.sendAhead()
 	}
 	return nil
 }
@@ -576,10 +609,41 @@ func (b *Batcher) Finish() error {
 
 // Flush sends the pending statements and reports what committed.
 func (b *Batcher) Flush() error {
+	if err := b.send(); err != nil {
+		return err
+	}
+	for len(b.flight) > 0 {
+		if err := b.receive(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// send sends the pending packet, then reads answers until at most
+// InFlight-1 packets wait for theirs.
+func (b *Batcher) sendAhead() error {
+	if err := b.send(); err != nil {
+		return err
+	}
+	for len(b.flight) >= max(1, b.o.InFlight) {
+		if err := b.receive(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// send sends the pending statements as one packet, without its answers.
+func (b *Batcher) send() error {
 	if len(b.refs) == 0 {
 		return nil
 	}
-	start := time.Now()
+	if b.o.InFlight > 1 {
+		b.batchID++
+		b.c.add([]byte("SET @binvault_batch = " + strconv.Itoa(b.batchID)))
+		b.refs = append(b.refs, stmtRef{desc: "mark: this packet ran to its end"})
+	}
 	if b.o.Log.Enabled(context.Background(), slog.LevelDebug) {
 		var descs []string
 		for _, r := range b.refs {
@@ -591,42 +655,77 @@ func (b *Batcher) Flush() error {
 		}
 		b.o.Log.Debug("batch", "statements", strings.Join(descs, " ; "))
 	}
-	n, err := b.c.flush(0)
-	committed := 0
-	for i := 0; i < n; i++ {
-		for _, t := range b.refs[i].ends {
-			committed++
+	p := packet{refs: append([]stmtRef(nil), b.refs...), sent: time.Now()}
+	b.refs = b.refs[:0]
+	b.txns = 0
+	n, seq, err := b.c.send()
+	if err != nil {
+		return err
+	}
+	if n != len(p.refs) {
+		return fmt.Errorf("internal: packet of %d statements, %d described", n, len(p.refs))
+	}
+	p.seq = seq
+	b.flight = append(b.flight, p)
+	return nil
+}
+
+// receive reads the answers of the oldest packet in flight. A refused
+// statement ends every packet behind it at its guard; their answers are
+// read too, so the connection stays usable, and the transaction left open
+// is rolled back.
+func (b *Batcher) receive() error {
+	p := b.flight[0]
+	b.flight = b.flight[1:]
+	n, err := b.c.receive(len(p.refs), p.seq)
+	committed := b.committed(p.refs[:n])
+	if err == nil {
+		if b.o.Flushed != nil && committed > 0 {
+			b.o.Flushed(committed, time.Since(p.sent))
+		}
+		return nil
+	}
+	var se *StmtError
+	if !errors.As(err, &se) {
+		return err
+	}
+	for len(b.flight) > 0 {
+		q := b.flight[0]
+		b.flight = b.flight[1:]
+		m, qerr := b.c.receive(len(q.refs), q.seq)
+		b.committed(q.refs[:m]) // none, as the guard fails first
+		var qse *StmtError
+		if qerr != nil && !errors.As(qerr, &qse) {
+			return qerr
+		}
+	}
+	r := p.refs[se.Index]
+	// The failed statement is undone but its transaction stays open;
+	// without ROLLBACK the next BEGIN would commit it.
+	b.c.Exec("ROLLBACK")
+	b.groupOpen, b.group = false, nil
+	gtid := "(none)"
+	switch {
+	case r.t != nil:
+		gtid = r.t.GTID
+	case len(r.ends) > 0:
+		gtid = r.ends[0].GTID + ".." + r.ends[len(r.ends)-1].GTID
+	}
+	return &ApplyError{GTID: gtid, Statement: r.desc, Err: se.Err}
+}
+
+// committed reports the transactions the answered statements completed.
+func (b *Batcher) committed(refs []stmtRef) int {
+	n := 0
+	for _, r := range refs {
+		for _, t := range r.ends {
+			n++
 			if b.o.Committed != nil {
 				b.o.Committed(t)
 			}
 		}
 	}
-	refs := b.refs
-	b.refs = b.refs[:0]
-	b.txns = 0
-	if err != nil {
-		var se *StmtError
-		if errors.As(err, &se) {
-			r := refs[se.Index]
-			// The failed statement is undone but its transaction stays
-			// open; without ROLLBACK the next BEGIN would commit it.
-			b.c.Exec("ROLLBACK")
-			b.groupOpen, b.group = false, nil
-			gtid := "(none)"
-			switch {
-			case r.t != nil:
-				gtid = r.t.GTID
-			case len(r.ends) > 0:
-				gtid = r.ends[0].GTID + ".." + r.ends[len(r.ends)-1].GTID
-			}
-			return &ApplyError{GTID: gtid, Statement: r.desc, Err: se.Err}
-		}
-		return err
-	}
-	if b.o.Flushed != nil && committed > 0 {
-		b.o.Flushed(committed, time.Since(start))
-	}
-	return nil
+	return n
 }
 
 // collation names a collation id, asking the server once.

@@ -103,20 +103,40 @@ func (a *Conn) pending() (stmts, bytes int) {
 // statement, or a connection error (then the outcome of the packet is
 // unknown to us: the server may still be running it).
 func (a *Conn) flush(timeout time.Duration) (int, error) {
-	n := a.n
-	if n == 0 {
-		return 0, nil
-	}
-	pkt := a.buf
-	a.buf, a.n = a.buf[:5], 0
 	if timeout > 0 {
 		a.c.SetDeadline(time.Now().Add(timeout))
 		defer a.c.SetDeadline(time.Time{})
 	}
+	n, seq, err := a.send()
+	if err != nil || n == 0 {
+		return 0, err
+	}
+	return a.receive(n, seq)
+}
+
+// send writes the pending statements as one COM_QUERY packet without
+// waiting for the answers; it returns how many statements the packet holds
+// and the sequence number its first answer will carry. The server reads
+// the next packet only once it has answered every statement of this one,
+// so packets may be sent ahead and their answers read later, in order.
+func (a *Conn) send() (n int, seq uint8, err error) {
+	n = a.n
+	if n == 0 {
+		return 0, 0, nil
+	}
+	pkt := a.buf
+	a.buf, a.n = a.buf[:5], 0
 	a.c.ResetSequence()
 	if err := a.c.WritePacket(pkt); err != nil {
-		return 0, fmt.Errorf("send: %w", err)
+		return 0, 0, fmt.Errorf("send: %w", err)
 	}
+	return n, a.c.Sequence, nil
+}
+
+// receive reads the n answers of the oldest packet sent and not yet
+// answered, whose first answer carries sequence number seq.
+func (a *Conn) receive(n int, seq uint8) (int, error) {
+	a.c.Sequence = seq
 	for i := 0; i < n; i++ {
 		data, err := a.c.ReadPacket()
 		if err != nil {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"time"
 
 	"github.com/go-mysql-org/go-mysql/mysql"
 )
@@ -24,6 +23,16 @@ type fakeConn struct {
 	// lose[n] = k: the connection drops after k answers of packet n.
 	lose map[int]int
 	dead bool
+	// Pipelining: packets sent, not yet answered; the server's
+	// @binvault_batch; every statement that ran.
+	queue []queued
+	batch string
+	ran   []string
+}
+
+type queued struct {
+	n     int
+	stmts []string
 }
 
 // sent is one packet, or one statement run alone (Exec, Query).
@@ -42,7 +51,7 @@ func (s sent) String() string {
 var errConnLost = fmt.Errorf("read answer: %w", io.ErrUnexpectedEOF)
 
 func newFakeConn() *fakeConn {
-	return &fakeConn{refuse: map[[2]int]uint16{}, lose: map[int]int{}}
+	return &fakeConn{refuse: map[[2]int]uint16{}, lose: map[int]int{}, batch: "NULL"}
 }
 
 func (f *fakeConn) add(stmt []byte) { f.pkt = append(f.pkt, string(stmt)) }
@@ -58,27 +67,48 @@ func (f *fakeConn) pending() (int, int) {
 	return len(f.pkt), n
 }
 
-func (f *fakeConn) flush(time.Duration) (int, error) {
+// send records the packet; its answers come from receive, in order.
+func (f *fakeConn) send() (int, uint8, error) {
 	if len(f.pkt) == 0 {
-		return 0, nil
+		return 0, 0, nil
 	}
 	pkt := f.pkt
 	f.pkt = nil
 	f.nPkt++
 	f.log = append(f.log, sent{packet: pkt})
+	f.queue = append(f.queue, queued{n: f.nPkt, stmts: pkt})
+	return len(pkt), 1, nil
+}
+
+// receive "runs" the oldest packet sent: statement by statement, as told
+// by refuse and lose, and honouring the pipelining guard and mark the way
+// the server's IF ... SIGNAL and SET do.
+func (f *fakeConn) receive(n int, seq uint8) (int, error) {
+	p := f.queue[0]
+	f.queue = f.queue[1:]
 	if f.dead {
 		return 0, errConnLost
 	}
-	for i := range pkt {
-		if k, ok := f.lose[f.nPkt]; ok && k == i {
+	for i, stmt := range p.stmts {
+		if k, ok := f.lose[p.n]; ok && k == i {
 			f.dead = true
 			return i, errConnLost
 		}
-		if code, ok := f.refuse[[2]int{f.nPkt, i + 1}]; ok {
+		if code, ok := f.refuse[[2]int{p.n, i + 1}]; ok {
 			return i, &StmtError{Index: i, Err: &mysql.MyError{Code: code, Message: "refused by the test"}}
 		}
+		if want, ok := strings.CutPrefix(stmt, "IF @binvault_batch <=> "); ok {
+			want, _, _ = strings.Cut(want, " ")
+			if want != f.batch {
+				return i, &StmtError{Index: i, Err: &mysql.MyError{Code: 1644, Message: "binvault: an earlier packet on this connection failed"}}
+			}
+		}
+		if v, ok := strings.CutPrefix(stmt, "SET @binvault_batch = "); ok {
+			f.batch = v
+		}
+		f.ran = append(f.ran, stmt)
 	}
-	return len(pkt), nil
+	return len(p.stmts), nil
 }
 
 func (f *fakeConn) Exec(q string) error {
