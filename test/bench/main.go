@@ -22,10 +22,11 @@ type scenario func(ctx context.Context, e *env) error
 
 // scenarios is every benchmark by name; add new ones here.
 var scenarios = map[string]scenario{
-	"backup":  benchBackup,
-	"replica": benchReplica,
-	"restore": benchRestore,
-	"rpo":     benchRPO,
+	"backup":   benchBackup,
+	"distance": benchDistance,
+	"replica":  benchReplica,
+	"restore":  benchRestore,
+	"rpo":      benchRPO,
 }
 
 // env is what scenarios share: a work directory, the binvault binary, and

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,15 +18,16 @@ import (
 )
 
 // The replica scenario: the catch-up speed of a replica on a backlog of
-// sysbench oltp_write_only transactions, three ways on the same data in the
-// same run: MariaDB's own replication single-threaded
-// (slave_parallel_threads=0), MariaDB's own with 4 optimistic parallel
-// threads, and binvault's applier. Every replica starts identical (each
-// replicated the prepare natively), all keep the servers' default
-// durability (innodb_flush_log_at_trx_commit=1), and they catch up one after
-// the other so none competes for the 2 CPUs. binvault reads the backlog
-// from its archive (the spool is released once archived), decompressing
-// it on the way.
+// sysbench oltp_write_only transactions, every way on the same data in the
+// same run: MariaDB's own replication from the primary (1, 4 and 8
+// optimistic parallel threads), binvault's client-side applier, and native
+// replicas (4 and 8 threads) replicating from binvault: from `binvault
+// run`'s binlog server, and from `binvault serve`, which reads the archive
+// alone. Every replica starts identical (each replicated the prepare
+// natively), all keep durable settings (sync_binlog=1,
+// innodb_flush_log_at_trx_commit=1), and they catch up one after the other
+// so none competes for the 2 CPUs. binvault reads the backlog from its
+// archive (the spool is released once archived), decompressing it.
 func benchReplica(ctx context.Context, e *env) error {
 	if _, err := exec.LookPath("sysbench"); err != nil {
 		return fmt.Errorf("sysbench not found: run BINVAULT_SETUP_BENCH=1 scripts/setup.sh (make bench does)")
@@ -39,24 +41,44 @@ func benchReplica(ctx context.Context, e *env) error {
 	if err != nil {
 		return err
 	}
+	// How each replica catches up.
+	const (
+		fromPrimary = iota
+		viaApplier
+		viaRun   // native, from binvault run's binlog server
+		viaServe // native, from binvault serve (the archive alone)
+	)
 	type replica struct {
 		name string
+		how  int
 		m    *harness.MariaDB
+	}
+	threads := func(n int) []string {
+		if n == 0 {
+			return []string{"--slave-parallel-threads=0"}
+		}
+		return []string{fmt.Sprintf("--slave-parallel-threads=%d", n), "--slave-parallel-mode=optimistic"}
 	}
 	var replicas []replica
 	for i, r := range []struct {
 		name  string
+		how   int
 		extra []string
 	}{
-		{"native, 1 thread", []string{"--slave-parallel-threads=0"}},
-		{"native, 4 threads", []string{"--slave-parallel-threads=4", "--slave-parallel-mode=optimistic"}},
-		{"binvault", []string{"--read-only=ON"}},
+		{"native, 1 thread", fromPrimary, threads(0)},
+		{"native, 4 threads", fromPrimary, threads(4)},
+		{"native, 8 threads", fromPrimary, threads(8)},
+		{"binvault applier", viaApplier, []string{"--read-only=ON"}},
+		{"4 threads via run", viaRun, threads(4)},
+		{"8 threads via run", viaRun, threads(8)},
+		{"4 threads via serve", viaServe, threads(4)},
+		{"8 threads via serve", viaServe, threads(8)},
 	} {
 		m, err := start(fmt.Sprintf("replica%d", i), 10+i, r.extra...)
 		if err != nil {
 			return err
 		}
-		replicas = append(replicas, replica{r.name, m})
+		replicas = append(replicas, replica{r.name, r.how, m})
 	}
 	pdb, err := p.Open("")
 	if err != nil {
@@ -83,24 +105,29 @@ func benchReplica(ctx context.Context, e *env) error {
 		if err := execAll(r.m, "STOP SLAVE"); err != nil {
 			return err
 		}
-	}
-	if err := execAll(replicas[2].m, "RESET SLAVE ALL"); err != nil {
-		return err
+		if r.how == viaApplier {
+			if err := execAll(r.m, "RESET SLAVE ALL"); err != nil {
+				return err
+			}
+		}
 	}
 
 	// The backlog, archived by binvault as it is written.
 	archiveDir := filepath.Join(e.dir, "replica-archive")
 	os.MkdirAll(archiveDir, 0o755)
-	cfg := func(withReplica bool) (string, error) {
-		body := fmt.Sprintf("source:\n  dsn: mysql://root:%s@%s\n  server_id: 9001\nstorage:\n  url: file://%s\nspool:\n  dir: %s\nhttp:\n  listen: \"\"\n",
-			p.RootPassword, p.Addr(), archiveDir, filepath.Join(e.dir, "replica-spool"))
-		if withReplica {
-			body += fmt.Sprintf("replica:\n  dsn: mysql://root:%s@%s\n", replicas[2].m.RootPassword, replicas[2].m.Addr())
-		}
-		path := filepath.Join(e.dir, fmt.Sprintf("replica-bench-%v.yaml", withReplica))
+	servePort, err := harness.FreePort()
+	if err != nil {
+		return err
+	}
+	os.Setenv("BINVAULT_BENCH_SERVE_PW", "bench-serve-pw")
+	serveSection := fmt.Sprintf("serve:\n  listen: 127.0.0.1:%d\n  users:\n    - name: repl\n      password_env: BINVAULT_BENCH_SERVE_PW\n", servePort)
+	cfg := func(name, extra string) (string, error) {
+		body := fmt.Sprintf("source:\n  dsn: mysql://root:%s@%s\n  server_id: 9001\nstorage:\n  url: file://%s\nspool:\n  dir: %s\nhttp:\n  listen: \"\"\n%s",
+			p.RootPassword, p.Addr(), archiveDir, filepath.Join(e.dir, "replica-spool"), extra)
+		path := filepath.Join(e.dir, "replica-bench-"+name+".yaml")
 		return path, os.WriteFile(path, []byte(body), 0o644)
 	}
-	archiveCfg, err := cfg(false)
+	archiveCfg, err := cfg("archive", "")
 	if err != nil {
 		return err
 	}
@@ -130,26 +157,54 @@ func benchReplica(ctx context.Context, e *env) error {
 		secs float64
 	}
 	var results []result
-	for i, r := range replicas {
+	for _, r := range replicas {
 		step("catching up: %s", r.name)
-		t0 := time.Now()
-		if i < 2 {
-			if err := execAll(r.m, "START SLAVE"); err != nil {
-				return err
-			}
-		} else {
-			applyCfg, err := cfg(true)
+		var proc *binvaultProc
+		switch r.how {
+		case viaApplier:
+			c, err := cfg("applier", fmt.Sprintf("replica:\n  dsn: mysql://root:%s@%s\n", r.m.RootPassword, r.m.Addr()))
 			if err != nil {
 				return err
 			}
-			if d, err = startBinvault(e, applyCfg); err != nil {
+			proc, err = startBinvault(e, c)
+			if err != nil {
+				return err
+			}
+		case viaRun, viaServe:
+			c, err := cfg("serve", serveSection)
+			if err != nil {
+				return err
+			}
+			if r.how == viaRun {
+				proc, err = startBinvault(e, c)
+			} else {
+				proc, err = startBinvaultCmd(e, "serve", c)
+			}
+			if err != nil {
+				return err
+			}
+			if err := waitListening(fmt.Sprintf("127.0.0.1:%d", servePort), 30*time.Second); err != nil {
+				proc.stop()
+				return err
+			}
+			if err := execAll(r.m, fmt.Sprintf("CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT=%d, MASTER_USER='repl', MASTER_PASSWORD='bench-serve-pw', MASTER_USE_GTID=slave_pos", servePort)); err != nil {
+				proc.stop()
+				return err
+			}
+		}
+		t0 := time.Now()
+		if r.how != viaApplier {
+			if err := execAll(r.m, "START SLAVE"); err != nil {
 				return err
 			}
 		}
 		err := waitPos(ctx, r.m, g1, 20*time.Minute)
 		el := time.Since(t0).Seconds()
-		if i == 2 {
-			d.stop()
+		if r.how != viaApplier {
+			execAll(r.m, "STOP SLAVE")
+		}
+		if proc != nil {
+			proc.stop()
 		}
 		if err != nil {
 			return err
@@ -170,17 +225,43 @@ func benchReplica(ctx context.Context, e *env) error {
 			return fmt.Errorf("%s differs from the primary after catching up", r.name)
 		}
 	}
-	fmt.Printf("\nreplica catch-up on %d sysbench oltp_write_only transactions (%d tables × %d rows), durable settings:\n", txns, tables, rows)
-	fmt.Printf("  %-20s %9s %10s %s\n", "applier", "seconds", "trx/s", "× native 1 thread")
+	fmt.Printf("\nreplica catch-up on %d sysbench oltp_write_only transactions (%d tables × %d rows), sync_binlog=1, innodb_flush_log_at_trx_commit=1:\n", txns, tables, rows)
+	fmt.Printf("  %-22s %9s %10s %18s %18s\n", "applier", "seconds", "trx/s", "× native 1 thread", "× native, same threads")
 	for _, r := range results {
-		fmt.Printf("  %-20s %9.1f %10.0f %.2f\n", r.name, r.secs, float64(txns)/r.secs, results[0].secs/r.secs)
+		same := ""
+		switch {
+		case strings.HasPrefix(r.name, "4 threads via"):
+			same = fmt.Sprintf("%.2f", results[1].secs/r.secs)
+		case strings.HasPrefix(r.name, "8 threads via"):
+			same = fmt.Sprintf("%.2f", results[2].secs/r.secs)
+		}
+		fmt.Printf("  %-22s %9.1f %10.0f %18.2f %18s\n", r.name, r.secs, float64(txns)/r.secs, results[0].secs/r.secs, same)
 	}
 	return nil
 }
 
+// waitListening waits until addr accepts TCP connections.
+func waitListening(addr string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("nothing listens on %s after %v", addr, timeout)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // benchServer starts a MariaDB sized for the benchmarks and registers its stop.
 func benchServer(e *env, name string, id int, extra ...string) (*harness.MariaDB, error) {
-	m, err := harness.NewMariaDB(e.dir, name, harness.MariaDBOptions{ServerID: id, Extra: append([]string{"--innodb-buffer-pool-size=512M", "--innodb-log-file-size=256M"}, extra...)})
+	// Durable, as production servers run: every commit fsyncs the binlog
+	// and the redo log.
+	m, err := harness.NewMariaDB(e.dir, name, harness.MariaDBOptions{ServerID: id, Extra: append([]string{"--innodb-buffer-pool-size=512M", "--innodb-log-file-size=256M",
+		"--sync-binlog=1", "--innodb-flush-log-at-trx-commit=1"}, extra...)})
 	if err != nil {
 		return nil, err
 	}
@@ -254,12 +335,15 @@ func waitPos(ctx context.Context, m *harness.MariaDB, want string, timeout time.
 
 type binvaultProc struct{ cmd *exec.Cmd }
 
-func startBinvault(e *env, cfg string) (*binvaultProc, error) {
-	logf, err := os.OpenFile(filepath.Join(e.dir, "binvault-replica.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+func startBinvault(e *env, cfg string) (*binvaultProc, error) { return startBinvaultCmd(e, "run", cfg) }
+
+// startBinvaultCmd starts a long-running binvault command (run, serve).
+func startBinvaultCmd(e *env, command, cfg string) (*binvaultProc, error) {
+	logf, err := os.OpenFile(filepath.Join(e.dir, "binvault-"+command+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(e.binvault, "run", "--config", cfg)
+	cmd := exec.Command(e.binvault, command, "--config", cfg)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
