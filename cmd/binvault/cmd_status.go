@@ -325,6 +325,17 @@ func printStatus(g *globals, rep statusReport) {
 		if b := st.Backup; b != nil {
 			printBackupState(g, b)
 		}
+		if sv := st.Serve; sv != nil {
+			fmt.Fprintf(g.stdout, "%-8s binlog server on %s: %d replica(s)\n", "", sv.Listen, len(sv.Replicas))
+			for _, r := range sv.Replicas {
+				host := r.Address
+				if r.Host != "" {
+					host = fmt.Sprintf("%s (reports %s:%d)", r.Address, r.Host, r.Port)
+				}
+				fmt.Fprintf(g.stdout, "%-8s   server_id %d  %s  sent to gtid %q  %d transactions and %s behind\n", "",
+					r.ServerID, host, r.Position, r.LagTransactions, roundDur(r.LagSeconds))
+			}
+		}
 	} else {
 		fmt.Fprintf(g.stdout, "%-8s not running\n", "daemon")
 	}

@@ -143,7 +143,7 @@ func benchDistance(ctx context.Context, e *env) error {
 			rows = append(rows, row{rate, achieved, link, lat[0], lat[1]})
 		}
 	}
-	fmt.Printf("\ncommit → visible on the replica (a probe every 50 ms beside sysbench oltp_write_only; durable settings; medians are per run):\n")
+	fmt.Printf("\ncommit → visible on the replica (a probe every 50 ms beside sysbench oltp_write_only; durable settings; one run each):\n")
 	fmt.Printf("  %-10s %-16s %-28s %-28s\n", "primary", "binvault ↔ replica", "client-side applier", "native 4 threads via binvault")
 	fmt.Printf("  %-10s %-16s %-28s %-28s\n", "trx/s", "", "p50 / p99 / max", "p50 / p99 / max")
 	for _, r := range rows {
