@@ -44,7 +44,13 @@ type dumper struct {
 	pos  uint32 // end_log_pos of the last event sent there
 
 	// GTID mode: the groups the replica has are skipped.
-	skip       binlog.GTIDSet
+	skip binlog.GTIDSet
+	// GTID mode: the history's GTID the stream has passed in each domain
+	// (from the first segment's start on), until it reached the replica's
+	// own GTID there (checked): a primary serves a replica only from a
+	// GTID its binlog holds.
+	passed     map[uint32]binlog.MariaDBGTID
+	checked    map[uint32]bool
 	skipping   bool
 	skipped    bool
 	skipPos    uint32
@@ -157,8 +163,15 @@ func (d *dumper) startGTID(ctx context.Context, flavor, state string) error {
 			return fatal("the replica's position %s holds GTID %s where binvault's history has %s: the replica executed a transaction of its own (errant); rebuild the replica, or remove it and its GTID", pos, theirs, mine)
 		}
 	}
+	// A history with no transaction yet starts at its end: a replica
+	// behind it lacks what binvault never held (the primary's history
+	// before binvault started).
+	if e, ok := d.historyStart(ctx, flavor); ok && !pos.Contains(e) {
+		return fatal("the replica's position %q is not in the history binvault holds: binvault holds the history from %q, and no transaction yet; rebuild the replica from a backup of the primary taken at or after that position and start it from that backup's position", pos, e)
+	}
 	d.skip = pos.Clone()
 	d.sent = pos.Clone()
+	d.passed, d.checked = map[uint32]binlog.MariaDBGTID{}, map[uint32]bool{}
 	d.feed, err = d.h.Open(ctx, pos)
 	var he *replicator.HistoryError
 	if errors.As(err, &he) {
@@ -168,6 +181,49 @@ func (d *dumper) startGTID(ctx context.Context, flavor, state string) error {
 		return mysql.NewError(erUnknown, fmt.Sprintf("binvault cannot read its history now: %v", err))
 	}
 	return nil
+}
+
+// historyStart is where the history starts when it holds no segment yet
+// (ok false when it holds one, or nothing is known).
+func (d *dumper) historyStart(ctx context.Context, flavor string) (binlog.GTIDSet, bool) {
+	end, _, ok := d.h.End()
+	if !ok {
+		return binlog.GTIDSet{}, false
+	}
+	if segs, err := d.h.Segments(ctx); err != nil || len(segs) > 0 {
+		return binlog.GTIDSet{}, false
+	}
+	e, err := binlog.ParseGTIDSet(flavor, end.GTIDSet)
+	return e, err == nil
+}
+
+// pass checks the replica's GTID in g's domain against the history the
+// stream passes (the first segment's start, then each group): the
+// replica must stand on a GTID the history holds. At the same sequence
+// number with another server_id it executed a transaction of its own; a
+// history that moves past its sequence number without holding it never
+// had that GTID (a hole, or an errant transaction).
+func (d *dumper) pass(g binlog.MariaDBGTID) error {
+	mine, ok := d.skip.At(g.Domain)
+	if !ok || d.checked[g.Domain] {
+		return nil
+	}
+	prev, seen := d.passed[g.Domain]
+	d.passed[g.Domain] = g
+	switch {
+	case g.Seq < mine.Seq:
+		return nil
+	case g.Seq == mine.Seq && g.Server == mine.Server:
+		d.checked[g.Domain] = true
+		return nil
+	case g.Seq == mine.Seq:
+		return fatal("the replica's position %s holds GTID %s where binvault's history has %s: the replica executed a transaction of its own (errant); rebuild the replica, or remove it and its GTID", d.skip, mine, g)
+	}
+	after := "its start"
+	if seen {
+		after = prev.String()
+	}
+	return fatal("the replica's position %s holds GTID %s, which binvault's history does not have: in domain %d it goes from %s to %s (the replica executed a transaction of its own, or its position is in a hole); rebuild the replica", d.skip, mine, g.Domain, after, g)
 }
 
 // startFilePos positions the stream at a primary binlog file and offset
@@ -293,6 +349,9 @@ func (d *dumper) event(ev binlog.Event) error {
 	}
 	if role == binlog.Begin && !d.skip.IsZero() {
 		if g, ok := eventGTID(ev); ok {
+			if err := d.pass(g); err != nil {
+				return err
+			}
 			d.skipping = d.skip.ContainsGTID(g.String())
 		}
 	}
@@ -337,6 +396,22 @@ func (d *dumper) segmentStart(ev binlog.Event) error {
 		return mysql.NewError(erUnknown, "the primary's binlog_checksum changed: reconnect")
 	}
 	seg := d.feed.Segment()
+	if d.file == "" && !d.skip.IsZero() {
+		// The first segment sent must start inside the replica's position
+		// (NewFeed picks one so, unless the history was empty then).
+		start, err := binlog.ParseGTIDSet(d.skip.Flavor(), seg.Start.GTIDSet)
+		if err != nil {
+			return fatal("segment %d: %v", seg.Seq, err)
+		}
+		if !d.skip.Contains(start) {
+			return fatal("the replica's position %q is not in the history binvault holds: %s; rebuild the replica from a backup binvault holds (binvault restore) and start it from that backup's position", d.skip, d.coverage(d.ss.ctx))
+		}
+		for _, g := range start.Domains() {
+			if err := d.pass(g); err != nil {
+				return err
+			}
+		}
+	}
 	file := segmentFile(seg)
 	if file == d.file {
 		return nil
