@@ -181,8 +181,8 @@ func waitIOStopped(t *testing.T, r *harness.MariaDB, timeout time.Duration) (str
 			return st["Last_IO_Errno"], st["Last_IO_Error"]
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s's IO thread did not stop with an error within %v: IO %s, SQL %s, Gtid_IO_Pos %s, IO error %s: %s",
-				r.Name, timeout, st["Slave_IO_Running"], st["Slave_SQL_Running"], st["Gtid_IO_Pos"], st["Last_IO_Errno"], st["Last_IO_Error"])
+			t.Fatalf("%s's IO thread did not stop with an error within %v: IO %s, SQL %s, Gtid_IO_Pos %s, IO error %s: %s; SQL error %s: %s",
+				r.Name, timeout, st["Slave_IO_Running"], st["Slave_SQL_Running"], st["Gtid_IO_Pos"], st["Last_IO_Errno"], st["Last_IO_Error"], st["Last_SQL_Errno"], st["Last_SQL_Error"])
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

@@ -265,18 +265,34 @@ type bufConn struct {
 	mu      sync.Mutex
 	w       *bufio.Writer
 	dumping atomic.Bool
+	// writing is when the write in progress began (Unix ns; 0: none). A
+	// replica that stops reading blocks it once the socket's buffers are
+	// full: how long it has been blocked is a lag binvault can see.
+	writing atomic.Int64
 }
 
 func (b *bufConn) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.writing.Store(time.Now().UnixNano())
+	defer b.writing.Store(0)
 	return b.w.Write(p)
 }
 
 func (b *bufConn) Flush() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.writing.Store(time.Now().UnixNano())
+	defer b.writing.Store(0)
 	return b.w.Flush()
+}
+
+// blocked is how long the write in progress has been waiting.
+func (b *bufConn) blocked() time.Duration {
+	if t := b.writing.Load(); t != 0 {
+		return max(0, time.Since(time.Unix(0, t)))
+	}
+	return 0
 }
 
 func (b *bufConn) Read(p []byte) (int, error) {

@@ -85,6 +85,13 @@ func (ss *session) status(end string, endTime time.Time) ReplicaStatus {
 			st.LagSeconds = max(0, endTime.Sub(ss.sentTime).Seconds())
 		}
 	}
+	// A replica that stopped reading (hung, frozen, its link cut without
+	// a reset) is behind for as long as binvault's write to it has been
+	// blocked, even when what it lacks was committed within one second of
+	// what it was sent, or the primary has been idle since.
+	if ss.dumping && ss.bc != nil {
+		st.LagSeconds = max(st.LagSeconds, ss.bc.blocked().Seconds())
+	}
 	return st
 }
 
