@@ -88,6 +88,7 @@ type Archived struct {
 	mu      sync.Mutex
 	segs    []archive.Segment // from the first held to the newest
 	err     error             // the last poll's error, nil once one works
+	lastOK  time.Time         // when a poll (or the first read) last worked
 	changed chan struct{}
 }
 
@@ -100,7 +101,7 @@ func NewArchived(ctx context.Context, st storage.Store, every time.Duration, log
 	if err != nil {
 		return nil, err
 	}
-	return &Archived{store: st, every: every, log: log, segs: ix.Segments, changed: make(chan struct{})}, nil
+	return &Archived{store: st, every: every, log: log, segs: ix.Segments, lastOK: time.Now(), changed: make(chan struct{})}, nil
 }
 
 // Follow polls the store for new segments until ctx ends.
@@ -119,6 +120,9 @@ func (a *Archived) Follow(ctx context.Context) {
 			a.log.Warn("cannot read the archive's new segments; served replicas wait (heartbeats go on)", "err", err.Error())
 		}
 		a.err = err
+		if err == nil {
+			a.lastOK = time.Now()
+		}
 		if n > 0 {
 			close(a.changed)
 			a.changed = make(chan struct{})
@@ -264,9 +268,18 @@ func (a *Archived) Source() archive.Source {
 	return archive.Source{Flavor: "mariadb"}
 }
 
-// Err is the last poll's error, nil while the store answers.
+// Err is the last poll's error, nil while the store answers. A poll that
+// has not answered for max(10 s, 5 polls) is an error too: the SDK retries
+// a request for tens of seconds before it fails, and meanwhile the
+// replicas are sent nothing new.
 func (a *Archived) Err() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.err
+	if a.err != nil {
+		return a.err
+	}
+	if since := time.Since(a.lastOK); since > max(10*time.Second, 5*a.every) {
+		return fmt.Errorf("the store has not answered a listing of new segments for %s", since.Round(time.Second))
+	}
+	return nil
 }
