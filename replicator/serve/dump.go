@@ -36,9 +36,12 @@ type dumper struct {
 	h        History
 	feed     *replicator.Feed
 	serverID uint32 // ours, on the events we make
-	crc      bool   // the events carry CRC32 (the replica agreed to it)
-	hb       time.Duration
-	nonBlock bool
+	crc      bool   // the history's events carry CRC32, and so do the events binvault makes
+	// rotateCRC frames the first artificial rotate: as the client's
+	// @master_binlog_checksum says, then as the history's events.
+	rotateCRC bool
+	hb        time.Duration
+	nonBlock  bool
 
 	file string // primary binlog file the replica is in
 	pos  uint32 // end_log_pos of the last event sent there
@@ -96,13 +99,15 @@ func (ss *session) dump(data []byte) error {
 	if ns, err := strconv.ParseInt(ss.vars["master_heartbeat_period"], 10, 64); err == nil && ns > 0 {
 		d.hb = time.Duration(ns)
 	}
-	switch ss.vars["master_binlog_checksum"] {
-	case "CRC32":
-		d.crc = true
-	case "", "NONE":
-		if ss.srv.checksumName() == "CRC32" {
-			return fatal("Slave can not handle replication events with the checksum that master is configured to log")
-		}
+	// As a MariaDB primary (is_slave_checksum_aware): a client that set
+	// @master_binlog_checksum, whatever the value, takes the binlog's
+	// events as they are; the value frames only the first artificial
+	// rotate (mariadb-binlog sets 'NONE', then reads CRC32 events).
+	checksum, aware := ss.vars["master_binlog_checksum"]
+	d.crc = ss.srv.checksumName() == "CRC32"
+	d.rotateCRC = checksum == "CRC32"
+	if d.crc && !aware {
+		return fatal("Slave can not handle replication events with the checksum that master is configured to log")
 	}
 	ctx := ss.ctx
 	ss.bc.dumping.Store(true)
@@ -416,9 +421,10 @@ func (d *dumper) segmentStart(ev binlog.Event) error {
 	if file == d.file {
 		return nil
 	}
-	if err := d.write(rotateEvent(d.serverID, file, 4, d.crc)); err != nil {
+	if err := d.write(rotateEvent(d.serverID, file, 4, d.rotateCRC)); err != nil {
 		return err
 	}
+	d.rotateCRC = d.crc
 	if err := d.write(replicaFDE(ev.Raw, d.crc)); err != nil {
 		return err
 	}
