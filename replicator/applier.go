@@ -24,6 +24,9 @@ import (
 )
 
 const (
+	// RetryMax: a replica that is down, misconfigured or refusing is tried
+	// again at least this often.
+	RetryMax = time.Minute
 	// DefaultInFlight packets ahead: at an 80 ms round trip and 256
 	// transactions a packet, room for about 12,000 transactions per second
 	// before the network, not the replica, is the limit.
@@ -95,7 +98,8 @@ type Applier struct {
 // archive goes on) until the daemon is restarted.
 type ApplyError = replay.ApplyError
 
-// NewApplier prepares an applier; ReplicaPreflight should have passed.
+// NewApplier prepares an applier; it checks the replica (ReplicaPreflight)
+// each time it connects.
 func NewApplier(o ApplierOptions, flavor string, sp *Spool, st storage.Store) *Applier {
 	if o.InFlight <= 0 {
 		o.InFlight = DefaultInFlight
@@ -171,6 +175,14 @@ type ApplierStatus struct {
 	Stopped   bool
 }
 
+// Stopped is why the applier does not apply now (a refused transaction,
+// a misconfigured replica), nil while it applies or only reconnects.
+func (a *Applier) Stopped() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.stopped
+}
+
 // Status reports where the applier is.
 func (a *Applier) Status() ApplierStatus {
 	a.mu.Lock()
@@ -203,11 +215,18 @@ func (a *Applier) TxnsBehind() float64 {
 	return float64(endSet.SeqsAhead(applied))
 }
 
-// Run applies transactions until ctx ends (nil), a transaction is refused
-// (*ApplyError), or the replica's state forbids going on (a usage error).
-// Connection problems are retried with backoff.
+// Run applies transactions until ctx ends. Nothing the replica does ends
+// it, so nothing the replica does can stop the stream or the archive: a
+// replica that is unreachable, misconfigured (read_only=OFF, binlog off,
+// replicating natively, privileges) or that refuses a transaction stops
+// only the applying; Run reports why (Status) and tries the replica
+// again, at a backoff up to RetryMax, until the cause is gone.
 func (a *Applier) Run(ctx context.Context) error {
-	b := a.opts.Retry.Start()
+	p := a.opts.Retry
+	if p == (retry.Policy{}) {
+		p = retry.Policy{Initial: retry.DefaultInitial, Max: RetryMax, Jitter: retry.DefaultJitter}
+	}
+	b := p.Start()
 	for {
 		started := time.Now()
 		err := a.session(ctx)
@@ -217,20 +236,29 @@ func (a *Applier) Run(ctx context.Context) error {
 			return nil
 		}
 		var ae *ApplyError
-		if errors.As(err, &ae) || usage.Is(err) {
-			a.mu.Lock()
-			a.lastErr, a.stopped = err.Error(), err
-			a.mu.Unlock()
-			a.opts.Metrics.ReplicaApplyErrors.Inc()
-			return err
-		}
+		var he *HistoryError
+		refused := errors.As(err, &ae) || usage.Is(err) || errors.As(err, &he)
 		a.mu.Lock()
+		repeat := a.lastErr == err.Error()
 		a.lastErr = err.Error()
+		if refused {
+			a.stopped = err
+		}
 		a.mu.Unlock()
+		if errors.As(err, &ae) && !repeat {
+			a.opts.Metrics.ReplicaApplyErrors.Inc()
+		}
 		if time.Since(started) > stableSession {
 			b.Reset()
 		}
-		if b.Wait(ctx, a.opts.Log, "replica applier interrupted; reconnecting", "err", err.Error()) != nil {
+		msg := "replica applier interrupted; reconnecting"
+		if refused {
+			msg = "replica applier stopped; archiving continues; binvault tries the replica again"
+			if !repeat {
+				a.opts.Log.Error(msg, "err", err.Error())
+			}
+		}
+		if b.Wait(ctx, a.opts.Log, msg, "err", err.Error()) != nil {
 			return nil
 		}
 	}
@@ -318,6 +346,9 @@ func (a *Applier) position(c *replay.Conn) (binlog.GTIDSet, error) {
 
 // session is one connection's life: take over, read the position, apply.
 func (a *Applier) session(ctx context.Context) error {
+	if _, err := ReplicaPreflight(ctx, a.opts, a.flavor); err != nil {
+		return err
+	}
 	c, err := replay.Dial(ctx, a.opts.DSN)
 	if err != nil {
 		return dbconn.Explain("replica", a.opts.DSN, err)
@@ -389,6 +420,10 @@ func (a *Applier) session(ctx context.Context) error {
 			if err := b.Flush(); err != nil {
 				return err
 			}
+			// Caught up: whatever stopped the applier is over.
+			a.mu.Lock()
+			a.lastErr, a.stopped = "", nil
+			a.mu.Unlock()
 			ev, err = f.Next(ctx, true)
 		}
 		if err != nil {
@@ -405,7 +440,7 @@ func (a *Applier) committed(t replay.Txn) {
 	a.mu.Lock()
 	a.applied.Add(t.GTID)
 	a.lastTime = time.Unix(int64(t.Time), 0)
-	a.lastErr = ""
+	a.lastErr, a.stopped = "", nil
 	a.mu.Unlock()
 	a.opts.Metrics.ReplicaAppliedTxns.Inc()
 }

@@ -80,6 +80,12 @@ func (pl *pipeline) apply(t *testing.T, o ApplierOptions, timeout time.Duration)
 			return err
 		case <-time.After(50 * time.Millisecond):
 		}
+		if err := a.Stopped(); err != nil {
+			// It would try again later; the tests look at the refusal.
+			cancel()
+			<-done
+			return err
+		}
 		if pl.replica.QueryString(t, "SELECT @@gtid_binlog_pos") == want {
 			cancel()
 			<-done

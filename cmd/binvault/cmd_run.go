@@ -149,9 +149,6 @@ func (d *daemon) setup(ctx context.Context, startFrom string) error {
 		}
 		ao := replicator.ApplierOptions{DSN: rdsn, Include: r.Include, Exclude: r.Exclude, Delay: r.Delay.D(),
 			AllowWritable: r.AllowWritable, StateDir: cfg.Spool.Dir, Metrics: d.metrics, Log: d.log.With("part", "applier")}
-		if _, err := replicator.ReplicaPreflight(ctx, ao, info.Flavor); err != nil {
-			return usage.Wrap(err)
-		}
 		d.applier = replicator.NewApplier(ao, info.Flavor, d.spool, d.store)
 	}
 	if cfg.Backup.Schedule != "" {
@@ -273,13 +270,12 @@ func (d *daemon) run(ctx context.Context) error {
 	go func() { archDone <- d.archiver.Run(archCtx) }()
 	applyDone := make(chan struct{})
 	if d.applier != nil {
-		// The applier runs beside the stream and the archive: when the
-		// replica refuses a transaction it stops, and archiving goes on.
+		// The applier runs beside the stream and the archive and never
+		// ends them: whatever the replica does, it stops only the applying
+		// and is tried again.
 		go func() {
 			defer close(applyDone)
-			if err := d.applier.Run(streamCtx); err != nil {
-				d.log.Error("replica applier stopped; archiving continues; fix the replica and restart binvault to retry", "err", err.Error())
-			}
+			d.applier.Run(streamCtx)
 		}()
 	} else {
 		close(applyDone)
