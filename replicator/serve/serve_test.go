@@ -53,9 +53,9 @@ func TestErrantFindsWhatTheHistoryLacks(t *testing.T) {
 		{"0-1-100,1-2-50", false}, // at the end
 		{"0-1-40", false},         // behind, one domain
 		{"", false},
-		{"5-9-3", false},    // a domain the history never had
-		{"0-1-101", true},   // ahead
-		{"0-7-100", true},   // another transaction at the same number
+		{"5-9-3", false},  // a domain the history never had
+		{"0-1-101", true}, // ahead
+		{"0-7-100", true}, // another transaction at the same number
 		{"1-2-51,0-1-3", true},
 	} {
 		_, _, got := errant(set(c.replica), end)
