@@ -13,8 +13,8 @@ import (
 )
 
 // Eight native replicas at once, each connecting at its own moment of a
-// write load (some catch up from the archive, some from the spool), four
-// optimistic and four conservative. One is frozen (SIGSTOP) while the
+// write load and so streamed from its own position, four optimistic and
+// four conservative. One is frozen (SIGSTOP) while the
 // load goes on: binvault's writes to it block, and only to it. The seven
 // others reach the primary's position and the archive keeps its RPO while
 // it is frozen; /health/replica answers 503 for it (over
@@ -76,6 +76,11 @@ func TestServeEightReplicasOneStalled(t *testing.T) {
 	eventually(t, 30*time.Second, "/health/replica of the frozen replica to answer 503", func() bool {
 		maxRPO = max(maxRPO, metric(t, s.web, "binvault_archive_rpo_seconds"))
 		code, _ := health(frozen)
+		if code != http.StatusServiceUnavailable {
+			// binvault sees a replica stop reading once the socket's
+			// buffers are full (tens of MB on loopback): fill them.
+			p.Exec(t, "INSERT INTO app.events (account, kind, payload) VALUES (0, 'stall', REPEAT('s', 2097152))")
+		}
 		return code == http.StatusServiceUnavailable
 	})
 	time.Sleep(time.Second)
