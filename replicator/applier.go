@@ -21,6 +21,7 @@ import (
 	"github.com/binvault/binvault/internal/retry"
 	"github.com/binvault/binvault/internal/usage"
 	"github.com/binvault/binvault/storage"
+	"github.com/go-mysql-org/go-mysql/replication"
 )
 
 const (
@@ -87,11 +88,18 @@ type Applier struct {
 	filter replay.Filter
 
 	mu        sync.Mutex
+	pending   []pendingTxn // read from the feed, not applied yet, oldest first
 	applied   binlog.GTIDSet
 	lastTime  time.Time // commit time of the last applied transaction
 	lastErr   string
 	stopped   error // an apply error: the applier stopped
 	connected atomic.Bool
+}
+
+// pendingTxn is a transaction handed to the batcher and not yet applied.
+type pendingTxn struct {
+	gtid      string
+	committed time.Time // on the primary: the GTID event's timestamp
 }
 
 // ApplyError is a transaction the replica refused: the applier stops (the
@@ -173,6 +181,10 @@ type ApplierStatus struct {
 	LastTime  time.Time
 	LastError string
 	Stopped   bool
+	// Lag is how long ago the oldest transaction read and not yet applied
+	// was committed on the primary (whole seconds); 0 when the applier has
+	// applied everything it has read and waits for more.
+	Lag time.Duration
 }
 
 // Stopped is why the applier does not apply now (a refused transaction,
@@ -188,6 +200,9 @@ func (a *Applier) Status() ApplierStatus {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	st := ApplierStatus{Connected: a.connected.Load(), LastTime: a.lastTime, LastError: a.lastErr, Stopped: a.stopped != nil}
+	if len(a.pending) > 0 {
+		st.Lag = max(0, time.Since(a.pending[0].committed))
+	}
 	if !a.applied.IsZero() {
 		st.Applied = a.applied.String()
 	}
@@ -231,6 +246,9 @@ func (a *Applier) Run(ctx context.Context) error {
 		started := time.Now()
 		err := a.session(ctx)
 		a.connected.Store(false)
+		a.mu.Lock()
+		a.pending = nil
+		a.mu.Unlock()
 		a.opts.Metrics.ReplicaConnected.Set(0)
 		if ctx.Err() != nil {
 			return nil
@@ -420,24 +438,51 @@ func (a *Applier) session(ctx context.Context) error {
 			if err := b.Flush(); err != nil {
 				return err
 			}
-			// Caught up: whatever stopped the applier is over.
+			// Caught up: whatever stopped the applier is over; what is
+			// still pending was skipped (the replica had it).
 			a.mu.Lock()
-			a.lastErr, a.stopped = "", nil
+			a.lastErr, a.stopped, a.pending = "", nil, a.pending[:0]
 			a.mu.Unlock()
 			ev, err = f.Next(ctx, true)
 		}
 		if err != nil {
 			return err
 		}
+		a.read(ev)
 		if err := b.Event(ctx, ev); err != nil {
 			return err
 		}
 	}
 }
 
+// read notes a transaction's start as the feed hands it over, for Lag.
+func (a *Applier) read(ev binlog.Event) {
+	var gtid string
+	switch e := ev.Parsed.(type) {
+	case *replication.MariadbGTIDEvent:
+		if g, ok := binlog.ParseMariaDBGTID(fmt.Sprintf("%d-%d-%d", e.GTID.DomainID, ev.Header.ServerID, e.GTID.SequenceNumber)); ok {
+			gtid = g.String()
+		}
+	case *replication.GTIDEvent:
+		gtid = binlog.MySQLGTID(e)
+	default:
+		return
+	}
+	a.mu.Lock()
+	a.pending = append(a.pending, pendingTxn{gtid: gtid, committed: time.Unix(int64(ev.Header.Timestamp), 0)})
+	a.mu.Unlock()
+}
+
 // committed records a transaction the replica made durable.
 func (a *Applier) committed(t replay.Txn) {
 	a.mu.Lock()
+	// The pending ones before it were skipped: the replica had them.
+	for i, p := range a.pending {
+		if p.gtid == t.GTID {
+			a.pending = a.pending[i+1:]
+			break
+		}
+	}
 	a.applied.Add(t.GTID)
 	a.lastTime = time.Unix(int64(t.Time), 0)
 	a.lastErr, a.stopped = "", nil

@@ -240,13 +240,7 @@ func (d *daemon) run(ctx context.Context) error {
 
 	if d.applier != nil {
 		d.metrics.RegisterReplica(metrics.ReplicaGauges{
-			SecondsBehind: func() float64 {
-				st := d.applier.Status()
-				if d.applier.TxnsBehind() == 0 || st.LastTime.IsZero() {
-					return 0
-				}
-				return max(0, time.Since(st.LastTime).Seconds())
-			},
+			SecondsBehind: func() float64 { return d.applier.Status().Lag.Seconds() },
 			TxnsBehind: d.applier.TxnsBehind,
 		})
 	}
@@ -384,6 +378,9 @@ func (d *daemon) serveHTTP() (*http.Server, error) {
 		}
 		fmt.Fprintln(w, "ready")
 	})
+	if d.applier != nil {
+		mux.HandleFunc("/health/replica", appliedReplicaHealth(d.applier, d.cfg.HTTP.MaxReplicaLag.D()))
+	}
 	if d.server != nil {
 		mux.HandleFunc("/health/replica/", replicaHealth(d.server, d.cfg.HTTP.MaxReplicaLag.D()))
 	}
@@ -391,6 +388,30 @@ func (d *daemon) serveHTTP() (*http.Server, error) {
 	go srv.Serve(ln)
 	d.log.Info("serving /metrics, /healthz, /readyz", "listen", ln.Addr().String())
 	return srv, nil
+}
+
+// appliedReplicaHealth answers /health/replica for load balancers (the
+// contract of HAProxy's option httpchk): 200 while the applier applies
+// and the replica is at most maxLag behind, 503 with a one-line reason
+// otherwise.
+func appliedReplicaHealth(a *replicator.Applier, maxLag time.Duration) http.HandlerFunc {
+	return func(w http.ResponseWriter, _ *http.Request) {
+		st := a.Status()
+		switch {
+		case st.Stopped:
+			http.Error(w, "replica not applied: "+oneLine(st.LastError), http.StatusServiceUnavailable)
+		case !st.Connected:
+			reason := "connecting"
+			if st.LastError != "" {
+				reason = oneLine(st.LastError)
+			}
+			http.Error(w, "replica not connected: "+reason, http.StatusServiceUnavailable)
+		case st.Lag > maxLag:
+			http.Error(w, fmt.Sprintf("replica %s behind, over %s", st.Lag.Round(time.Second), maxLag), http.StatusServiceUnavailable)
+		default:
+			fmt.Fprintf(w, "replica applying, %s behind\n", st.Lag.Round(time.Second))
+		}
+	}
 }
 
 // replicaHealth answers /health/replica/<server_id> for load balancers:

@@ -105,10 +105,8 @@ func (d *daemon) state() daemonState {
 		if !as.LastTime.IsZero() {
 			t := as.LastTime.UTC()
 			r.LastAppliedTime = &t
-			if r.TransactionsBehind > 0 {
-				r.SecondsBehind = max(0, time.Since(t).Seconds())
-			}
 		}
+		r.SecondsBehind = as.Lag.Seconds()
 		st.Replica = r
 	}
 	if d.sched != nil {

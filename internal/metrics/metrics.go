@@ -105,7 +105,7 @@ type ReplicaGauges struct {
 // RegisterReplica adds the applier's lag gauges.
 func (m *Metrics) RegisterReplica(g ReplicaGauges) {
 	m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "binvault", Name: "replica_seconds_behind",
-		Help: "Age of the newest applied transaction while the spool holds newer ones; 0 when the replica has everything."}, g.SecondsBehind))
+		Help: "How long ago the oldest transaction the applier read and has not applied yet was committed on the primary (whole seconds); 0 when it waits for more."}, g.SecondsBehind))
 	m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "binvault", Name: "replica_transactions_behind",
 		Help: "Transactions streamed from the primary but not yet applied (by GTID sequence numbers)."}, g.TxnsBehind))
 }
