@@ -12,6 +12,8 @@ need_apt=()
 command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need_apt+=(mariadb-server)
 command -v mariadb >/dev/null 2>&1 || need_apt+=(mariadb-client)
 command -v mariadb-binlog >/dev/null 2>&1 || need_apt+=(mariadb-client)
+# The load-balancer test runs the real HAProxy.
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
 if [ "${BINVAULT_SETUP_BENCH:-0}" = 1 ]; then
   command -v sysbench >/dev/null 2>&1 || need_apt+=(sysbench)
 fi

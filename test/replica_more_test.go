@@ -29,6 +29,7 @@ type replicaOpts struct {
 	flush  string   // archive.flush_interval; 300ms when empty
 	listen bool     // serve /metrics on a free port
 	keys   []string // more keys under replica:, e.g. "delay: 3s"
+	http   []string // more keys under http:, e.g. "max_replica_lag: 2s"
 	// via returns the address the daemon reaches the replica at (a proxy
 	// in front of it); the replica itself when nil.
 	via func(t *testing.T, r *harness.MariaDB) string
@@ -109,9 +110,12 @@ func newReplicaEnv(t *testing.T, o replicaOpts) *replicaEnv {
 		base = "http://" + listen
 	}
 	dir := t.TempDir()
-	var keys strings.Builder
+	var keys, httpKeys strings.Builder
 	for _, k := range o.keys {
 		keys.WriteString("\n  " + k)
+	}
+	for _, k := range o.http {
+		httpKeys.WriteString("\n  " + k)
 	}
 	body := fmt.Sprintf(`source:
   dsn: mysql://repl:repl-pw@%s
@@ -124,13 +128,13 @@ storage:
 spool:
   dir: %s
 http:
-  listen: %q
+  listen: %q%s
 archive:
   segment_max_bytes: 1MiB
   flush_interval: %s
 replica:
   dsn: mysql://applier:applier-pw@%s%s
-`, p.Addr(), s3.URL("archive"), s3.Endpoint(), filepath.Join(dir, "spool"), listen, o.flush, raddr, keys.String())
+`, p.Addr(), s3.URL("archive"), s3.Endpoint(), filepath.Join(dir, "spool"), listen, httpKeys.String(), o.flush, raddr, keys.String())
 	cfg := writeFile(t, filepath.Join(dir, "binvault.yaml"), body)
 	st, err := open.Open(context.Background(), open.Options{URL: s3.URL("archive"), Endpoint: s3.Endpoint(), Region: "us-east-1", PathStyle: true})
 	if err != nil {
