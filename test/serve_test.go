@@ -224,7 +224,7 @@ func sqlThreadErrors(t testing.TB, m *harness.MariaDB) []string {
 	return out
 }
 
-// freePorts returns n free loopback addresses.
+// freeAddrs returns n free loopback addresses (host:port).
 func freeAddrs(t testing.TB, n int) []string {
 	t.Helper()
 	out := make([]string, n)
