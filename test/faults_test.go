@@ -239,6 +239,26 @@ func TestArchiveContinuesAcrossPrimaryRestart(t *testing.T) {
 	eventually(t, 10*time.Second, "the load to commit after the restarts", func() bool { return l.commits.Load() >= before+50 })
 	l.Stop()
 	a.waitArchived(t, 30*time.Second)
+	// Availability: two failures and two recoveries of the stream.
+	if f := metric(t, web, `binvault_availability_failures_total{part="stream"}`); f != 2 {
+		t.Errorf("stream failures %v, want 2 (one per primary restart)", f)
+	}
+	if up := metric(t, web, `binvault_availability_up{part="stream"}`); up != 1 {
+		t.Errorf("stream up = %v after the reconnect", up)
+	}
+	if obs := metric(t, web, `binvault_availability_observed_ratio{part="stream"}`); obs <= 0 || obs >= 1 {
+		t.Errorf("stream observed availability %v, want strictly between 0 and 1", obs)
+	}
+	if code := d.stop(t, 10*time.Second); code != 0 {
+		t.Fatalf("SIGTERM: exit %d; log:\n%s", code, d.log)
+	}
+	// Kept across a restart of the daemon.
+	d = startDaemon(t, a.env, "--config", a.cfg)
+	a.waitConnected(t, d)
+	res := binvault(t, a.env, "status", "--config", a.cfg)
+	if !strings.Contains(res.stdout, "stream   up   observed") || !strings.Contains(res.stdout, "2 failure(s)") {
+		t.Errorf("status does not show the stream's availability across the restart:\n%s", res.stdout)
+	}
 	if code := d.stop(t, 10*time.Second); code != 0 {
 		t.Fatalf("SIGTERM: exit %d; log:\n%s", code, d.log)
 	}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/binvault/binvault/internal/archive"
+	"github.com/binvault/binvault/internal/availability"
 	"github.com/binvault/binvault/internal/binlog"
 	"github.com/binvault/binvault/internal/config"
 	"github.com/binvault/binvault/internal/dbconn"
@@ -71,6 +73,7 @@ type daemon struct {
 	server   *serve.Server       // nil without serve.listen
 	info     dbconn.ServerInfo
 	started  time.Time
+	avail    *availability.Tracker
 
 	mu        sync.Mutex
 	sourceErr string
@@ -122,6 +125,9 @@ func (d *daemon) setup(ctx context.Context, startFrom string) error {
 		return usage.Wrap(err)
 	}
 	d.info = info
+	if d.avail, err = availability.Open(filepath.Join(cfg.Spool.Dir, "availability.json"), time.Now); err != nil {
+		return usage.Wrap(err)
+	}
 	limits := replicator.SpoolLimits{SegmentMaxBytes: int64(cfg.Archive.SegmentMaxBytes), FlushInterval: cfg.Archive.FlushInterval.D(), RPOTarget: cfg.Archive.RPOTarget.D()}
 	d.spool, err = replicator.OpenSpool(cfg.Spool.Dir, info.Flavor, limits, d.log)
 	if err != nil {
@@ -221,6 +227,7 @@ func (d *daemon) resolveStart(ctx context.Context, startFrom string) error {
 }
 
 func (d *daemon) run(ctx context.Context) error {
+	d.metrics.RegisterAvailability(d.availability)
 	d.metrics.RegisterSpool(metrics.SpoolGauges{
 		Bytes:    func() float64 { return float64(d.spool.Bytes()) },
 		Segments: func() float64 { return float64(d.spool.Segments()) },
@@ -241,7 +248,7 @@ func (d *daemon) run(ctx context.Context) error {
 	if d.applier != nil {
 		d.metrics.RegisterReplica(metrics.ReplicaGauges{
 			SecondsBehind: func() float64 { return d.applier.Status().Lag.Seconds() },
-			TxnsBehind: d.applier.TxnsBehind,
+			TxnsBehind:    d.applier.TxnsBehind,
 		})
 	}
 
@@ -318,6 +325,7 @@ loop:
 			}
 			break loop
 		case <-stateTick.C:
+			d.observe()
 			d.writeState(true)
 		}
 	}
@@ -437,6 +445,31 @@ func replicaHealth(s *serve.Server, maxLag time.Duration) http.HandlerFunc {
 		}
 		http.Error(w, fmt.Sprintf("replica %d is not connected", id), http.StatusServiceUnavailable)
 	}
+}
+
+// observe records whether the watched parts are up: the stream connected,
+// the store taking uploads within the RPO bound, the replica applying.
+func (d *daemon) observe() {
+	d.avail.Observe(availability.Stream, d.source.Connected())
+	rpoOK := true
+	if t, _, ok := d.spool.OldestUnarchived(); ok {
+		rpoOK = time.Since(t) <= d.rpoLimit()
+	}
+	d.avail.Observe(availability.Store, d.archiver.LastError() == "" && rpoOK)
+	if d.applier != nil {
+		st := d.applier.Status()
+		d.avail.Observe(availability.Replica, st.Connected && !st.Stopped)
+	}
+}
+
+// availability is the metrics' view of the watched parts.
+func (d *daemon) availability() []metrics.PartAvailability {
+	var out []metrics.PartAvailability
+	for _, s := range d.avail.Stats() {
+		out = append(out, metrics.PartAvailability{Part: s.Part, Up: s.Up, Failures: s.Failures, Transitions: s.Transitions,
+			WindowSeconds: s.Window.Seconds(), MTBFSeconds: s.MTBF.Seconds(), MTTRSeconds: s.MTTR.Seconds(), Observed: s.Observed, Steady: s.Steady})
+	}
+	return out
 }
 
 // rpoLimit is the RPO past which the daemon is not ready: five times what

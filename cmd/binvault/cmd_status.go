@@ -325,6 +325,14 @@ func printStatus(g *globals, rep statusReport) {
 		if b := st.Backup; b != nil {
 			printBackupState(g, b)
 		}
+		for _, a := range st.Availability {
+			state := "up"
+			if !a.Up {
+				state = "DOWN"
+			}
+			fmt.Fprintf(g.stdout, "%-8s %-8s %-4s observed %s: %d failure(s), MTBF %s, MTTR %s, available %.4f%% (model %.4f%%, %d transitions)\n", "",
+				a.Part, state, roundDur(a.Window.Seconds()), a.Failures, roundDur(a.MTBF.Seconds()), roundDur(a.MTTR.Seconds()), 100*a.Observed, 100*a.Steady, a.Transitions)
+		}
 		if sv := st.Serve; sv != nil {
 			fmt.Fprintf(g.stdout, "%-8s binlog server on %s: %d replica(s)\n", "", sv.Listen, len(sv.Replicas))
 			for _, r := range sv.Replicas {

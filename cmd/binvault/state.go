@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/binvault/binvault/internal/availability"
 	"github.com/binvault/binvault/internal/binlog"
 	"github.com/binvault/binvault/replicator/serve"
 )
@@ -49,6 +50,8 @@ type daemonState struct {
 	Backup *backupState `json:"backup,omitempty"`
 	// Serve: the binlog server (serve.listen), when configured.
 	Serve *serveState `json:"serve,omitempty"`
+	// Availability of the parts the daemon watches.
+	Availability []availability.Stats `json:"availability,omitempty"`
 }
 
 type serveState struct {
@@ -111,6 +114,9 @@ func (d *daemon) state() daemonState {
 	}
 	if d.sched != nil {
 		st.Backup = d.sched.status()
+	}
+	if d.avail != nil {
+		st.Availability = d.avail.Stats()
 	}
 	if d.server != nil {
 		st.Serve = &serveState{Listen: d.server.Addr(), Replicas: d.server.Replicas()}

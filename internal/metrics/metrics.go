@@ -179,3 +179,50 @@ func (c *serveCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(serveLagSecsDesc, prometheus.GaugeValue, r.LagSeconds, id)
 	}
 }
+
+// PartAvailability is one watched part's availability at scrape time.
+type PartAvailability struct {
+	Part                                    string
+	Up                                      bool
+	Failures, Transitions                   int
+	WindowSeconds, MTBFSeconds, MTTRSeconds float64
+	Observed, Steady                        float64
+}
+
+// RegisterAvailability adds the availability figures, read when scraped.
+func (m *Metrics) RegisterAvailability(parts func() []PartAvailability) {
+	m.Registry.MustRegister(&availabilityCollector{parts: parts})
+}
+
+var availabilityDescs = map[string]*prometheus.Desc{
+	"up":          prometheus.NewDesc("binvault_availability_up", "1 while the part is up (stream: connected; store: uploads succeed within the RPO bound; replica: applying).", []string{"part"}, nil),
+	"failures":    prometheus.NewDesc("binvault_availability_failures_total", "Times the part went down, observed while binvault ran (kept across restarts).", []string{"part"}, nil),
+	"transitions": prometheus.NewDesc("binvault_availability_transitions_total", "Up/down transitions the figures were fitted to.", []string{"part"}, nil),
+	"window":      prometheus.NewDesc("binvault_availability_window_seconds", "Time the part was observed (while binvault ran).", []string{"part"}, nil),
+	"mtbf":        prometheus.NewDesc("binvault_availability_mtbf_seconds", "Mean time up between failures (the whole time up before the first failure).", []string{"part"}, nil),
+	"mttr":        prometheus.NewDesc("binvault_availability_mttr_seconds", "Mean time down per failure, the current outage included.", []string{"part"}, nil),
+	"observed":    prometheus.NewDesc("binvault_availability_observed_ratio", "Share of the window the part was up.", []string{"part"}, nil),
+	"steady":      prometheus.NewDesc("binvault_availability_steady_state_ratio", "Steady-state availability of a two-state Markov chain fitted to the transitions: P10/(P01+P10) per second.", []string{"part"}, nil),
+}
+
+type availabilityCollector struct{ parts func() []PartAvailability }
+
+func (c *availabilityCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range availabilityDescs {
+		ch <- d
+	}
+}
+
+func (c *availabilityCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, p := range c.parts() {
+		up := 0.0
+		if p.Up {
+			up = 1
+		}
+		for name, v := range map[string]float64{"up": up, "window": p.WindowSeconds, "mtbf": p.MTBFSeconds, "mttr": p.MTTRSeconds, "observed": p.Observed, "steady": p.Steady} {
+			ch <- prometheus.MustNewConstMetric(availabilityDescs[name], prometheus.GaugeValue, v, p.Part)
+		}
+		ch <- prometheus.MustNewConstMetric(availabilityDescs["failures"], prometheus.CounterValue, float64(p.Failures), p.Part)
+		ch <- prometheus.MustNewConstMetric(availabilityDescs["transitions"], prometheus.CounterValue, float64(p.Transitions), p.Part)
+	}
+}

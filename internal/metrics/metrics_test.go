@@ -14,6 +14,7 @@ func TestREADMEListsEveryMetric(t *testing.T) {
 	zero := func() float64 { return 0 }
 	m.RegisterSpool(SpoolGauges{Bytes: zero, Segments: zero, RPO: zero, CommitAge: zero})
 	m.RegisterReplica(ReplicaGauges{SecondsBehind: zero, TxnsBehind: zero})
+	m.RegisterAvailability(func() []PartAvailability { return []PartAvailability{{Part: "stream"}} })
 	m.RegisterServe(func() ServeSnapshot { return ServeSnapshot{Replicas: []ServedReplica{{ServerID: 7}}} })
 	m.ReplicaBatchTxns.Observe(1)
 	m.ReplicaBatchSeconds.Observe(1)
