@@ -87,13 +87,14 @@ type Applier struct {
 	flavor string
 	filter replay.Filter
 
-	mu        sync.Mutex
-	pending   []pendingTxn // read from the feed, not applied yet, oldest first
-	applied   binlog.GTIDSet
-	lastTime  time.Time // commit time of the last applied transaction
-	lastErr   string
-	stopped   error // an apply error: the applier stopped
-	connected atomic.Bool
+	mu         sync.Mutex
+	isPromoted bool
+	pending    []pendingTxn // read from the feed, not applied yet, oldest first
+	applied    binlog.GTIDSet
+	lastTime   time.Time // commit time of the last applied transaction
+	lastErr    string
+	stopped    error // an apply error: the applier stopped
+	connected  atomic.Bool
 }
 
 // pendingTxn is a transaction handed to the batcher and not yet applied.
@@ -185,6 +186,30 @@ type ApplierStatus struct {
 	// was committed on the primary (whole seconds); 0 when the applier has
 	// applied everything it has read and waits for more.
 	Lag time.Duration
+	// Promoted: the replica became the primary; the applier is off.
+	Promoted bool
+}
+
+// errPromoted ends a session that found the replica promoted.
+var errPromoted = errors.New("the replica was promoted")
+
+// promoted reports (and remembers) that the replica was promoted.
+func (a *Applier) promoted() bool {
+	p, err := ReadPromoted(a.opts.StateDir)
+	if err != nil || p == nil {
+		return false
+	}
+	a.mu.Lock()
+	was := a.isPromoted
+	a.isPromoted = true
+	a.pending = nil
+	a.mu.Unlock()
+	a.connected.Store(false)
+	a.opts.Metrics.ReplicaConnected.Set(0)
+	if !was {
+		a.opts.Log.Warn("the replica was promoted: binvault applies nothing to it any more", "state", p.State, "final_gtid", p.FinalGTID)
+	}
+	return true
 }
 
 // Stopped is why the applier does not apply now (a refused transaction,
@@ -199,7 +224,7 @@ func (a *Applier) Stopped() error {
 func (a *Applier) Status() ApplierStatus {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	st := ApplierStatus{Connected: a.connected.Load(), LastTime: a.lastTime, LastError: a.lastErr, Stopped: a.stopped != nil}
+	st := ApplierStatus{Connected: a.connected.Load(), LastTime: a.lastTime, LastError: a.lastErr, Stopped: a.stopped != nil, Promoted: a.isPromoted}
 	if len(a.pending) > 0 {
 		st.Lag = max(0, time.Since(a.pending[0].committed))
 	}
@@ -243,8 +268,16 @@ func (a *Applier) Run(ctx context.Context) error {
 	}
 	b := p.Start()
 	for {
+		if a.promoted() {
+			// The replica is the primary now: never apply to it again.
+			<-ctx.Done()
+			return nil
+		}
 		started := time.Now()
 		err := a.session(ctx)
+		if errors.Is(err, errPromoted) || (ctx.Err() == nil && a.promoted()) {
+			continue // a promote ended the session
+		}
 		a.connected.Store(false)
 		a.mu.Lock()
 		a.pending = nil
@@ -362,8 +395,30 @@ func (a *Applier) position(c *replay.Conn) (binlog.GTIDSet, error) {
 	return binlog.ParseGTIDSet(a.flavor, strings.ReplaceAll(s, "\n", ""))
 }
 
+// promotedPoll is how often a session looks for a promotion's marker: a
+// session idle on a dead primary's feed would not notice the kill of its
+// connection otherwise.
+const promotedPoll = 250 * time.Millisecond
+
 // session is one connection's life: take over, read the position, apply.
 func (a *Applier) session(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		t := time.NewTicker(promotedPoll)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if p, err := ReadPromoted(a.opts.StateDir); err == nil && p != nil {
+					cancel()
+					return
+				}
+			}
+		}
+	}()
 	if _, err := ReplicaPreflight(ctx, a.opts, a.flavor); err != nil {
 		return err
 	}
@@ -378,6 +433,12 @@ func (a *Applier) session(ctx context.Context) error {
 	defer stop()
 	if err := a.takeOver(ctx, c); err != nil {
 		return err
+	}
+	// After takeOver recorded this connection: a promote that wrote its
+	// marker before reading applier.json has killed us; one that wrote it
+	// after, we see here.
+	if a.promoted() {
+		return errPromoted
 	}
 	applied, err := a.position(c)
 	if err != nil {

@@ -26,7 +26,7 @@ func TestEveryCommandAnswersHelp(t *testing.T) {
 			listed[strings.Fields(line)[0]] = true
 		}
 	}
-	for _, c := range []string{"run", "backup", "backups", "segments", "find", "restore", "verify", "status", "prune", "version"} {
+	for _, c := range []string{"run", "serve", "backup", "backups", "segments", "find", "restore", "promote", "verify", "status", "prune", "version"} {
 		if !listed[c] {
 			t.Errorf("binvault --help does not list %s:\n%s", c, top.stdout)
 		}

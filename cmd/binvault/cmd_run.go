@@ -76,6 +76,7 @@ type daemon struct {
 	avail    *availability.Tracker
 
 	mu        sync.Mutex
+	promoting sync.Mutex // one POST /promote at a time
 	sourceErr string
 	stateMu   sync.Mutex // one state file writer at a time
 }
@@ -392,6 +393,7 @@ func (d *daemon) serveHTTP() (*http.Server, error) {
 	if d.server != nil {
 		mux.HandleFunc("/health/replica/", replicaHealth(d.server, d.cfg.HTTP.MaxReplicaLag.D()))
 	}
+	mux.HandleFunc("/promote", d.promoteHandler)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln)
 	d.log.Info("serving /metrics, /healthz, /readyz", "listen", ln.Addr().String())
@@ -406,6 +408,8 @@ func appliedReplicaHealth(a *replicator.Applier, maxLag time.Duration) http.Hand
 	return func(w http.ResponseWriter, _ *http.Request) {
 		st := a.Status()
 		switch {
+		case st.Promoted:
+			http.Error(w, "replica promoted: it is a primary now, binvault applies nothing to it", http.StatusServiceUnavailable)
 		case st.Stopped:
 			http.Error(w, "replica not applied: "+oneLine(st.LastError), http.StatusServiceUnavailable)
 		case !st.Connected:
@@ -457,8 +461,10 @@ func (d *daemon) observe() {
 	}
 	d.avail.Observe(availability.Store, d.archiver.LastError() == "" && rpoOK)
 	if d.applier != nil {
-		st := d.applier.Status()
-		d.avail.Observe(availability.Replica, st.Connected && !st.Stopped)
+		// A promoted replica is not down: binvault stopped applying on purpose.
+		if st := d.applier.Status(); !st.Promoted {
+			d.avail.Observe(availability.Replica, st.Connected && !st.Stopped)
+		}
 	}
 }
 
@@ -495,7 +501,7 @@ func (d *daemon) unready() []string {
 	if limit := d.rpoLimit(); st.Archive.RPOSeconds > limit.Seconds() {
 		p = append(p, fmt.Sprintf("archive: RPO %.0fs, over %s: the oldest streamed transaction is not archived yet", st.Archive.RPOSeconds, limit))
 	}
-	if r := st.Replica; r != nil && (r.Stopped || !r.Connected) {
+	if r := st.Replica; r != nil && !r.Promoted && (r.Stopped || !r.Connected) {
 		p = append(p, "replica applier not running: "+r.LastError)
 	}
 	return p

@@ -113,7 +113,7 @@ Exit codes: 0 success, 1 operational failure, 2 usage or configuration error.`,
 	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	root.AddCommand(
 		newRunCmd(g), newServeCmd(g), newBackupCmd(g), newBackupsCmd(g), newSegmentsCmd(g),
-		newRestoreCmd(g), newFindCmd(g), newVerifyCmd(g), newStatusCmd(g), newPruneCmd(g), newVersionCmd(g),
+		newRestoreCmd(g), newPromoteCmd(g), newFindCmd(g), newVerifyCmd(g), newStatusCmd(g), newPruneCmd(g), newVersionCmd(g),
 	)
 	return root
 }

@@ -68,6 +68,9 @@ type replicaState struct {
 	TransactionsBehind float64    `json:"transactions_behind"`
 	Stopped            bool       `json:"stopped"`
 	LastError          string     `json:"last_error,omitempty"`
+	// Promoted: binvault promote made the replica a primary; nothing is
+	// applied to it any more.
+	Promoted bool `json:"promoted,omitempty"`
 }
 
 func (d *daemon) state() daemonState {
@@ -101,7 +104,7 @@ func (d *daemon) state() daemonState {
 	if d.applier != nil {
 		as := d.applier.Status()
 		r := &replicaState{Connected: as.Connected, Position: as.Applied, Stopped: as.Stopped, LastError: as.LastError,
-			TransactionsBehind: d.applier.TxnsBehind()}
+			TransactionsBehind: d.applier.TxnsBehind(), Promoted: as.Promoted}
 		if dsn, err := parseDSN(d.cfg.Replica.DSN); err == nil {
 			r.Replica = dsn
 		}

@@ -35,8 +35,13 @@ type Config struct {
 }
 
 type Source struct {
+	// DSN names the primary; several hosts (host1:3306,host2:3306) name
+	// the servers binvault may follow when the primary changes.
 	DSN      string `yaml:"dsn"`
 	ServerID uint32 `yaml:"server_id"`
+	// FailoverWait is how long a lost primary has to come back writable
+	// before binvault looks for another among the DSN's hosts.
+	FailoverWait Duration `yaml:"failover_wait"`
 }
 
 type Replica struct {
@@ -88,7 +93,14 @@ type HTTP struct {
 	Listen string `yaml:"listen"`
 	// MaxReplicaLag: /health/replica answers 503 above this lag.
 	MaxReplicaLag Duration `yaml:"max_replica_lag"`
+	// TokenFile holds the bearer token POST /promote asks for; without it
+	// the endpoint is off.
+	TokenFile string `yaml:"token_file"`
+	token     string
 }
+
+// Token is the bearer token read from TokenFile ("" without one).
+func (h HTTP) Token() string { return h.token }
 
 // Serve is the binlog server: native replicas replicate from binvault.
 type Serve struct {
@@ -123,11 +135,16 @@ const (
 	DefaultKeepWithin      = 168 * time.Hour
 	DefaultHTTPListen      = "127.0.0.1:9420"
 	DefaultMaxReplicaLag   = 5 * time.Second
+	DefaultFailoverWait    = 10 * time.Second
 )
+
+// minTokenLen keeps a guessable http.token_file token out.
+const minTokenLen = 16
 
 // Default returns the configuration used for every key the file leaves out.
 func Default() Config {
 	return Config{
+		Source:    Source{FailoverWait: Duration(DefaultFailoverWait)},
 		Storage:   Storage{URL: DefaultStorageURL},
 		Spool:     Spool{Dir: DefaultSpoolDir},
 		Archive:   Archive{SegmentMaxBytes: DefaultSegmentMaxBytes, RPOTarget: Duration(DefaultRPOTarget)},
@@ -197,7 +214,7 @@ func (c *Config) validate(needSource bool, lookup func(string) (string, bool)) e
 		return fail("source.dsn", "is required: the primary to stream from, e.g. mysql://repl:${REPL_PASSWORD}@primary:3306")
 	}
 	if c.Source.DSN != "" {
-		if _, err := dbconn.Parse(c.Source.DSN); err != nil {
+		if _, err := dbconn.ParseHosts(c.Source.DSN); err != nil {
 			return fail("source.dsn", "%v", err)
 		}
 	}
@@ -268,6 +285,21 @@ func (c *Config) validate(needSource bool, lookup func(string) (string, bool)) e
 	}
 	if c.HTTP.MaxReplicaLag <= 0 {
 		return fail("http.max_replica_lag", "must be positive (default %s)", DefaultMaxReplicaLag)
+	}
+	if c.HTTP.TokenFile != "" {
+		c.HTTP.TokenFile = c.resolve(c.HTTP.TokenFile)
+		b, err := os.ReadFile(c.HTTP.TokenFile)
+		if err != nil {
+			return fail("http.token_file", "%v: create it holding a random token (e.g. openssl rand -hex 32 > FILE; chmod 600 FILE)", err)
+		}
+		c.HTTP.token = strings.TrimSpace(string(b))
+		if len(c.HTTP.token) < minTokenLen {
+			return fail("http.token_file", "the token in %s is %d characters: use at least %d (e.g. openssl rand -hex 32)", c.HTTP.TokenFile, len(c.HTTP.token), minTokenLen)
+		}
+		c.secrets = append(c.secrets, c.HTTP.token)
+	}
+	if c.Source.FailoverWait < 0 {
+		return fail("source.failover_wait", "must not be negative (default %s)", DefaultFailoverWait)
 	}
 	return c.validateServe(lookup)
 }

@@ -39,8 +39,8 @@ func decode(data []byte, path string, lookup func(string) (string, bool), cfg *C
 	}
 	// DSN passwords written literally are secrets too.
 	for _, dsn := range []string{cfg.Source.DSN, replicaDSN(cfg)} {
-		if p, err := dbconn.Parse(dsn); err == nil && p.Password != "" {
-			cfg.secrets = append(cfg.secrets, p.Password)
+		if ps, err := dbconn.ParseHosts(dsn); err == nil && ps[0].Password != "" {
+			cfg.secrets = append(cfg.secrets, ps[0].Password)
 		}
 	}
 	return nil

@@ -37,9 +37,64 @@ type DSN struct {
 	Timeout  time.Duration
 }
 
-// Parse reads a mysql:// URL. Its errors never contain the password.
+// ParseHosts reads a mysql:// URL that may name several hosts,
+// mysql://user:password@db1:3306,db2:3306?params: one DSN per host, in
+// order, sharing the credentials and parameters. Its errors never contain
+// the password.
+func ParseHosts(raw string) ([]DSN, error) {
+	prefix, hosts, rest := splitHosts(raw)
+	if len(hosts) < 2 {
+		d, err := Parse(raw)
+		if err != nil {
+			return nil, err
+		}
+		return []DSN{d}, nil
+	}
+	seen := map[string]bool{}
+	var out []DSN
+	for i, h := range hosts {
+		if h == "" {
+			return nil, fmt.Errorf("host %d of the list is empty: write mysql://user:password@db1:3306,db2:3306", i+1)
+		}
+		d, err := Parse(prefix + h + rest)
+		if err != nil {
+			return nil, fmt.Errorf("host %q: %v", h, err)
+		}
+		if d.Socket != "" {
+			return nil, errors.New("socket= names one server: a list of hosts must use TCP")
+		}
+		if seen[d.Addr()] {
+			return nil, fmt.Errorf("host %s appears twice in the list", d.Addr())
+		}
+		seen[d.Addr()] = true
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+// splitHosts cuts mysql://userinfo@h1,h2/rest into "mysql://userinfo@",
+// the hosts, and the rest; a URL it cannot cut comes back whole as prefix.
+func splitHosts(raw string) (prefix string, hosts []string, rest string) {
+	scheme, after, ok := strings.Cut(raw, "://")
+	if !ok {
+		return raw, nil, ""
+	}
+	end := strings.IndexAny(after, "/?#")
+	if end < 0 {
+		end = len(after)
+	}
+	authority := after[:end]
+	at := strings.LastIndex(authority, "@")
+	return scheme + "://" + authority[:at+1], strings.Split(authority[at+1:], ","), after[end:]
+}
+
+// Parse reads a mysql:// URL naming one server. Its errors never contain
+// the password.
 func Parse(raw string) (DSN, error) {
 	d := DSN{TLSMode: "preferred", Timeout: 10 * time.Second}
+	if _, hosts, _ := splitHosts(raw); len(hosts) > 1 {
+		return d, errors.New("names several hosts: only source.dsn may (the servers binvault follows as the primary changes); name one server here")
+	}
 	u, err := url.Parse(raw)
 	if err != nil {
 		return d, errors.New("is not a URL: write mysql://user:password@host:3306 (percent-encode special characters in the password)")

@@ -135,7 +135,9 @@ func benchReplica(ctx context.Context, e *env) error {
 	if err != nil {
 		return err
 	}
-	d, err := startBinvault(e, archiveCfg)
+	// From g0, where every replica stopped: the daemon reads the
+	// primary's position only once it runs, maybe after sysbench began.
+	d, err := startBinvault(e, archiveCfg, "--start-from", "gtid:"+g0)
 	if err != nil {
 		return err
 	}
@@ -159,6 +161,7 @@ func benchReplica(ctx context.Context, e *env) error {
 	type result struct {
 		name string
 		secs float64
+		cpu  float64 // binvault's CPU seconds during the catch-up (0: not involved)
 	}
 	var results []result
 	for _, r := range replicas {
@@ -207,13 +210,17 @@ func benchReplica(ctx context.Context, e *env) error {
 		if r.how != viaApplier {
 			execAll(r.m, "STOP SLAVE")
 		}
+		cpu := 0.0
 		if proc != nil {
 			proc.stop()
+			if ps := proc.cmd.ProcessState; ps != nil {
+				cpu = (ps.UserTime() + ps.SystemTime()).Seconds()
+			}
 		}
 		if err != nil {
 			return err
 		}
-		results = append(results, result{r.name, el})
+		results = append(results, result{r.name, el, cpu})
 	}
 	step("checking every replica against the primary (CHECKSUM TABLE)")
 	want, err := checksumSbtest(p, tables)
@@ -230,7 +237,7 @@ func benchReplica(ctx context.Context, e *env) error {
 		}
 	}
 	fmt.Printf("\nreplica catch-up on %d sysbench oltp_write_only transactions (%d tables × %d rows), sync_binlog=1, innodb_flush_log_at_trx_commit=1:\n", txns, tables, rows)
-	fmt.Printf("  %-22s %9s %10s %18s %18s\n", "applier", "seconds", "trx/s", "× native 1 thread", "× native, same threads")
+	fmt.Printf("  %-22s %9s %10s %18s %18s %14s\n", "applier", "seconds", "trx/s", "× native 1 thread", "× native, same threads", "binvault CPU s")
 	secsOf := map[string]float64{}
 	for _, r := range results {
 		secsOf[r.name] = r.secs
@@ -249,7 +256,11 @@ func benchReplica(ctx context.Context, e *env) error {
 		case strings.HasPrefix(r.name, "8 threads via"):
 			same = ratio("native, 8 threads", r.name)
 		}
-		fmt.Printf("  %-22s %9.1f %10.0f %18s %18s\n", r.name, r.secs, float64(txns)/r.secs, ratio("native, 1 thread", r.name), same)
+		cpu := ""
+		if r.cpu > 0 {
+			cpu = fmt.Sprintf("%.1f", r.cpu)
+		}
+		fmt.Printf("  %-22s %9.1f %10.0f %18s %18s %14s\n", r.name, r.secs, float64(txns)/r.secs, ratio("native, 1 thread", r.name), same, cpu)
 	}
 	return nil
 }
@@ -349,15 +360,17 @@ func waitPos(ctx context.Context, m *harness.MariaDB, want string, timeout time.
 
 type binvaultProc struct{ cmd *exec.Cmd }
 
-func startBinvault(e *env, cfg string) (*binvaultProc, error) { return startBinvaultCmd(e, "run", cfg) }
+func startBinvault(e *env, cfg string, args ...string) (*binvaultProc, error) {
+	return startBinvaultCmd(e, "run", cfg, args...)
+}
 
 // startBinvaultCmd starts a long-running binvault command (run, serve).
-func startBinvaultCmd(e *env, command, cfg string) (*binvaultProc, error) {
+func startBinvaultCmd(e *env, command, cfg string, args ...string) (*binvaultProc, error) {
 	logf, err := os.OpenFile(filepath.Join(e.dir, "binvault-"+command+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(e.binvault, command, "--config", cfg)
+	cmd := exec.Command(e.binvault, append([]string{command, "--config", cfg}, args...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
