@@ -10,7 +10,7 @@ RACE_PKGS := ./storage/... ./internal/... ./replicator/... ./backup/... ./restor
 
 export GOFLAGS := -buildvcs=false
 
-.PHONY: all build test test-unit test-e2e lint demo bench setup clean
+.PHONY: all build test test-unit test-e2e lint demo bench chaos setup clean
 
 all: build
 
@@ -30,6 +30,7 @@ lint:
 test: setup lint build
 	BINVAULT_REQUIRE_SERVERS=1 $(GO) test -count=1 -timeout 20m ./...
 	BINVAULT_REQUIRE_SERVERS=1 $(GO) test -count=1 -race -short -timeout 10m $(RACE_PKGS)
+	$(MAKE) chaos ROUNDS=3
 
 # The tests that need no server, in seconds: every package but the
 # end-to-end suite, with the real-server tests skipped (BINVAULT_UNIT=1).
@@ -46,6 +47,15 @@ BENCH ?=
 bench: build
 	@BINVAULT_SETUP_BENCH=1 scripts/setup.sh
 	$(GO) run ./test/bench -binvault bin/binvault $(BENCH)
+
+# Chaos rounds (test/chaos): each round kills binvault, the DR replica or
+# the primary (failover), or takes the store away, under a write load, then
+# checks the archive, the replica and a restore to a random archived GTID.
+# CHAOS_SEED repeats the choices, CHAOS_FAULTS=daemon,replica,store,failover
+# picks faults.
+ROUNDS ?= 3
+chaos: setup build
+	$(GO) run ./test/chaos -binvault bin/binvault -rounds $(ROUNDS)
 
 clean:
 	rm -rf bin .demo
