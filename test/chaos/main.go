@@ -32,6 +32,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"log"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -42,6 +44,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/go-sql-driver/mysql"
 )
 
 // faultKinds are the faults a round can inject, in the order reports list them.
@@ -108,6 +112,14 @@ func run(rounds int, bin string) int {
 		fmt.Fprintln(os.Stderr, "chaos:", err)
 		return 1
 	}
+	// A copy: a rebuild of bin/binvault during the run changes nothing.
+	if abs, err = copyBinary(abs, filepath.Join(dir, "binvault")); err != nil {
+		fmt.Fprintln(os.Stderr, "chaos:", err)
+		return 1
+	}
+	// The driver's own log lines (connections reset by killed servers)
+	// are expected here; errors that matter come back from the calls.
+	mysql.SetLogger(log.New(io.Discard, "", 0))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
@@ -129,6 +141,9 @@ func run(rounds int, bin string) int {
 // returns the exit code.
 func (c *chaos) main(ctx context.Context, rounds int, roundTimeout time.Duration) int {
 	fmt.Printf("chaos: seed %d (CHAOS_SEED=%d repeats the choices), %d round(s), work directory %s\n", c.seed, c.seed, rounds, c.dir)
+	if out, err := exec.Command(c.bin, "version").Output(); err == nil {
+		fmt.Printf("chaos: %s\n", strings.TrimSpace(string(out)))
+	}
 	t0 := time.Now()
 	if err := c.setup(ctx); err != nil {
 		fmt.Printf("setup FAILED: %v\n", err)
@@ -264,4 +279,12 @@ func envInt(name string, def int) int {
 		return v
 	}
 	return def
+}
+
+func copyBinary(src, dst string) (string, error) {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return "", err
+	}
+	return dst, os.WriteFile(dst, b, 0o755)
 }

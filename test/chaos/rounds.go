@@ -59,6 +59,7 @@ func (c *chaos) round(parent context.Context, n, rounds int, kind string, timeou
 	step := func(format string, args ...any) { fmt.Printf("  "+format+"\n", args...) }
 	fail := func(what string, err error) roundResult {
 		res.err = fmt.Errorf("%s: %w", what, err)
+		fmt.Printf("  binvault run's log (%s) ends:\n%s\n", c.daemonLog(), indent(tailFile(c.daemonLog(), 12), "    "))
 		return res
 	}
 
@@ -111,12 +112,18 @@ func (c *chaos) round(parent context.Context, n, rounds int, kind string, timeou
 			return fail("store outage", err)
 		}
 	case "failover":
-		res.detail = fmt.Sprintf("failover: kill -9 of the primary %s, %s promoted", c.primary.Name, c.standby.Name)
+		// Promoted at once, or only after binvault's failover_wait
+		// passed with no writable candidate.
+		delay := time.Duration(c.rng.IntN(int(2*failoverWait/time.Millisecond))) * time.Millisecond
+		res.detail = fmt.Sprintf("failover: kill -9 of the primary %s, %s promoted %.1fs later", c.primary.Name, c.standby.Name, delay.Seconds())
 		step("fault: %s", res.detail)
 		t := time.Now()
 		oldPrimary = c.primary
 		if err := c.primary.Kill(); err != nil {
 			return fail("killing the primary", err)
+		}
+		if err := sleep(ctx, delay); err != nil {
+			return fail("failover", err)
 		}
 		if err := c.promote(ctx, c.standby); err != nil {
 			return fail("promoting "+c.standby.Name, err)
@@ -338,6 +345,20 @@ func (c *chaos) checkRestore(ctx context.Context, archived []string, from int, w
 	if pos != target {
 		return fmt.Errorf("restored to %s, the scratch server's gtid_slave_pos is %q (output in %s)", target, pos, r.log)
 	}
+	// Before the catch-up the restored server must differ from the
+	// present (unless the target is the newest transaction): a restore
+	// that went past its target would not.
+	early, err := checksums(ctx, c.scratch)
+	if err != nil {
+		return err
+	}
+	differ := len(strings.Split(diffChecksums(want, early), "; "))
+	if diffChecksums(want, early) == "" {
+		differ = 0
+	}
+	if behind > 0 && differ == 0 {
+		return fmt.Errorf("restored to %s, %d transactions before the end, yet the scratch server already equals the primary", target, behind)
+	}
 	t = time.Now()
 	if err := execSQL(ctx, c.scratch.MariaDB, fmt.Sprintf("CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT=%d, MASTER_USER='%s', MASTER_PASSWORD='%s', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1",
 		c.primary.Port, replUser, replPass), "START SLAVE"); err != nil {
@@ -372,8 +393,8 @@ func (c *chaos) checkRestore(ctx context.Context, archived []string, from int, w
 	if d := diffChecksums(want, got); d != "" {
 		return fmt.Errorf("restored to %s, caught up natively to %s: differs from the primary: %s", target, end, d)
 	}
-	step("restore: to %s (%d transactions before the end) in %.1fs; replicated natively from there to %s in %.1fs; CHECKSUM TABLE equal on %d tables",
-		target, behind, restored.Seconds(), end, time.Since(t).Seconds(), len(got))
+	step("restore: to %s (%d transactions before the end; %d tables differ from the present) in %.1fs; replicated natively from there to %s in %.1fs; CHECKSUM TABLE equal on %d tables",
+		target, behind, differ, restored.Seconds(), end, time.Since(t).Seconds(), len(got))
 	return execSQL(ctx, c.scratch.MariaDB, "STOP SLAVE")
 }
 
@@ -398,4 +419,8 @@ func indexOf(s []string, x string) int {
 		}
 	}
 	return -1
+}
+
+func indent(s, prefix string) string {
+	return prefix + strings.ReplaceAll(s, "\n", "\n"+prefix)
 }
