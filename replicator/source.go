@@ -31,8 +31,16 @@ const (
 
 // SourceOptions configure the binlog stream.
 type SourceOptions struct {
-	DSN      dbconn.DSN
-	ServerID uint32
+	// DSN is the primary streamed from at start.
+	DSN dbconn.DSN
+	// Hosts are the servers that may be the primary (source.dsn's list,
+	// DSN among them); with more than one, binvault follows the primary
+	// among them (failover.go).
+	Hosts []dbconn.DSN
+	// FailoverWait is how long a lost primary has to come back writable
+	// before binvault looks for another among Hosts.
+	FailoverWait time.Duration
+	ServerID     uint32
 	// Label is what binvault reports as its host when it registers as a
 	// replica (SHOW SLAVE HOSTS); it tells our own stale registrations
 	// apart from another replica that uses the same server_id.
@@ -55,7 +63,17 @@ type Source struct {
 	connected     atomic.Bool
 	secondsBehind atomic.Int64
 	lastErr       atomic.Value // string
+	primary       atomic.Pointer[dbconn.DSN]
+	// refusal is why no host could be followed at the last failover
+	// attempt, logged once per change.
+	refusal string
 }
+
+// Primary is the server streamed from now.
+func (s *Source) Primary() dbconn.DSN { return *s.primary.Load() }
+
+// multi reports whether source.dsn lists several hosts to follow.
+func (s *Source) multi() bool { return len(s.opts.Hosts) > 1 }
 
 // Connected reports whether the binlog stream is up.
 func (s *Source) Connected() bool { return s.connected.Load() }
@@ -221,15 +239,36 @@ func NewSource(o SourceOptions, info dbconn.ServerInfo, spool *Spool) *Source {
 	if o.Heartbeat == 0 {
 		o.Heartbeat = DefaultHeartbeat
 	}
-	return &Source{opts: o, spool: spool, info: info}
+	if len(o.Hosts) == 0 {
+		o.Hosts = []dbconn.DSN{o.DSN}
+	}
+	if len(o.Hosts) > 1 {
+		// A lost primary is probed often enough that failover starts
+		// within a few seconds of FailoverWait.
+		p := o.Retry
+		if p == (retry.Policy{}) {
+			p = retry.Default
+		}
+		p.Max = max(time.Second, min(p.Max, o.FailoverWait/4))
+		p.Initial = min(p.Initial, p.Max)
+		o.Retry = p
+	}
+	s := &Source{opts: o, spool: spool, info: info}
+	d := o.DSN
+	s.primary.Store(&d)
+	return s
 }
 
 // Run streams until ctx ends (then it returns nil). Connection problems are
 // retried with backoff for as long as it takes; problems only the user can
-// fix (purged binlog, privileges, settings changed) end it with a usage error.
+// fix (purged binlog, privileges, settings changed) end it with a usage
+// error. With several hosts, a primary lost for FailoverWait is replaced
+// by the host that is the primary now (failover), and problems of one
+// host are no reason to stop.
 func (s *Source) Run(ctx context.Context) error {
 	m := s.opts.Metrics
 	b := s.opts.Retry.Start()
+	var lost time.Time // when the stream was lost; zero while it works
 	for {
 		s.connected.Store(false)
 		err := s.stream(ctx)
@@ -242,26 +281,91 @@ func (s *Source) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		if usage.Is(err) {
+		if usage.Is(err) && !s.multi() {
 			return err
 		}
 		if aerr := s.spool.Abort(); aerr != nil {
 			return fmt.Errorf("spool: %w", aerr)
 		}
+		if wasConnected || lost.IsZero() {
+			lost = time.Now()
+		}
 		if wasConnected {
 			// The stream worked until now: the first retry comes quickly.
 			b.Reset()
 		}
+		if s.multi() && time.Since(lost) >= s.opts.FailoverWait {
+			switched, ferr := s.failover(ctx)
+			if ferr != nil {
+				return ferr
+			}
+			if switched {
+				b.Reset()
+				continue
+			}
+		}
 		m.SourceReconnects.Inc()
-		if b.Wait(ctx, s.opts.Log, "binlog stream interrupted; reconnecting", "err", err.Error()) != nil {
+		if b.Wait(ctx, s.opts.Log, "binlog stream interrupted; reconnecting", "primary", s.Primary().String(), "err", err.Error()) != nil {
 			return nil
 		}
 	}
 }
 
+// failover looks for the primary among the hosts and, when it is another
+// one than the lost primary, continues the spool from it. It reports
+// whether the stream should start again at once.
+func (s *Source) failover(ctx context.Context) (bool, error) {
+	end, _, ok := s.spool.End()
+	if !ok {
+		return false, nil
+	}
+	held, err := binlog.ParseGTIDSet(s.info.Flavor, end.GTIDSet)
+	if err != nil {
+		return false, err
+	}
+	c, err := s.findPrimary(ctx, held)
+	if err != nil {
+		if msg := err.Error(); msg != s.refusal {
+			s.refusal = msg
+			s.opts.Log.Error("the primary is lost and no host can replace it yet; binvault keeps looking", "err", msg)
+		}
+		s.lastErr.Store(err.Error())
+		return false, nil
+	}
+	s.refusal = ""
+	old := s.Primary()
+	if c.dsn.Addr() == old.Addr() && c.origin.ServerID == s.spool.Source().ServerID {
+		return true, nil // the primary came back
+	}
+	if err := s.spool.SwitchSource(c.origin); err != nil {
+		return false, fmt.Errorf("spool: %w", err)
+	}
+	s.info = c.info
+	d := c.dsn
+	s.primary.Store(&d)
+	s.opts.Metrics.SourceFailovers.Inc()
+	s.opts.Log.Warn("failover: following the new primary", "old_primary", old.String(), "new_primary", d.String(), "server_id", c.origin.ServerID, "from", end.GTIDSet, "new_primary_at", c.pos.String())
+	return true, nil
+}
+
 // stream runs one connection: from the spool's end to an error.
 func (s *Source) stream(ctx context.Context) error {
 	o := s.opts
+	o.DSN = s.Primary()
+	if s.multi() {
+		// With several hosts, only the writable primary is streamed from:
+		// a lost primary that comes back demoted (read_only, replicating)
+		// is passed over, and failover finds the new one.
+		pctx, cancel := context.WithTimeout(ctx, o.DSN.Timeout+5*time.Second)
+		c, err := s.probe(pctx, o.DSN)
+		cancel()
+		if err != nil {
+			return err
+		}
+		if why := c.notPrimary(); why != "" {
+			return &errNotPrimary{host: o.DSN, reason: why}
+		}
+	}
 	pos, _, ok := s.spool.End()
 	if !ok {
 		return errors.New("spool has no start position")
@@ -357,7 +461,7 @@ func (s *Source) next(ctx context.Context, st *replication.BinlogStreamer) (*rep
 // become usage errors so the daemon stops instead of retrying forever.
 func (s *Source) explain(err error, pos binlog.Position) error {
 	code, msg, isServer := dbconn.ServerError(err)
-	d := s.opts.DSN
+	d := s.Primary()
 	switch {
 	case dbconn.IsBinlogPurged(err):
 		return usage.Errorf("binlog purged past %s: the primary %s no longer holds the binlog binvault must resume from; take a new backup, then move the spool aside and start with --start-from gtid:<the backup's position> (primary said: %s)", pos.GTIDSet, d, msg)

@@ -368,6 +368,34 @@ func (s *Spool) SetSource(src archive.Source) {
 	s.mu.Unlock()
 }
 
+// Source is the primary the spool's new segments name.
+func (s *Spool) Source() archive.Source {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.source
+}
+
+// SwitchSource closes the open segment and records a new primary for the
+// segments that follow: a segment never spans two servers. The end keeps
+// its GTID position and drops the old server's binlog coordinates. Call it
+// between connections (after Abort).
+func (s *Spool) SwitchSource(src archive.Source) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.txnOpen {
+		return errors.New("cannot switch sources inside a transaction")
+	}
+	if err := s.closeOpenLocked(); err != nil {
+		return err
+	}
+	s.source = src
+	s.curFile, s.fde = "", nil
+	if s.hasEnd {
+		s.end = binlog.Position{GTIDSet: s.end.GTIDSet}
+	}
+	return nil
+}
+
 // Append writes one event from the stream. Events outside transactions
 // update the stream's context (format description, binlog file); a
 // transaction's events go to the open segment, and its last event makes it

@@ -35,6 +35,7 @@ type s3Config struct {
 	serverID uint32 // 9001 when 0
 	prefix   string
 	listen   string // http.listen; "" turns the HTTP listener off
+	source   []string // more keys under source:, e.g. "failover_wait: 3s"
 	extra    []string
 }
 
@@ -44,8 +45,12 @@ func writeS3ConfigWith(t testing.TB, s3 *harness.S3, c s3Config) string {
 		c.serverID = 9001
 	}
 	dir := t.TempDir()
-	body := fmt.Sprintf("source:\n  dsn: %s\n  server_id: %d\nstorage:\n  url: %s\n  endpoint: %s\n  path_style: true\n  region: us-east-1\nspool:\n  dir: %s\nhttp:\n  listen: %q\n%s",
-		c.dsn, c.serverID, s3.URL(c.prefix), s3.Endpoint(), filepath.Join(dir, "spool"), c.listen, strings.Join(c.extra, "\n"))
+	var src strings.Builder
+	for _, k := range c.source {
+		src.WriteString("  " + k + "\n")
+	}
+	body := fmt.Sprintf("source:\n  dsn: %s\n  server_id: %d\n%sstorage:\n  url: %s\n  endpoint: %s\n  path_style: true\n  region: us-east-1\nspool:\n  dir: %s\nhttp:\n  listen: %q\n%s",
+		c.dsn, c.serverID, src.String(), s3.URL(c.prefix), s3.Endpoint(), filepath.Join(dir, "spool"), c.listen, strings.Join(c.extra, "\n"))
 	return writeFile(t, filepath.Join(dir, "binvault.yaml"), body)
 }
 

@@ -11,8 +11,6 @@ import (
 	"golang.org/x/term"
 
 	"github.com/binvault/binvault/backup"
-	"github.com/binvault/binvault/internal/dbconn"
-	"github.com/binvault/binvault/internal/usage"
 )
 
 func newBackupCmd(g *globals) *cobra.Command {
@@ -38,9 +36,9 @@ before the backup ends).`,
 			if err != nil {
 				return err
 			}
-			dsn, err := dbconn.Parse(cfg.Source.DSN)
+			dsn, err := primaryDSN(cmd.Context(), cfg)
 			if err != nil {
-				return usage.Errorf("source.dsn: %v", err)
+				return err
 			}
 			st, err := openStore(cmd.Context(), cfg)
 			if err != nil {

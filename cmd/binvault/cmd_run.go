@@ -97,7 +97,7 @@ func runDaemon(ctx context.Context, cfg *config.Config, startFrom string) error 
 // the user's to fix (exit 2).
 func (d *daemon) setup(ctx context.Context, startFrom string) error {
 	cfg := d.cfg
-	dsn, err := dbconn.Parse(cfg.Source.DSN)
+	hosts, err := dbconn.ParseHosts(cfg.Source.DSN)
 	if err != nil {
 		return usage.Errorf("source.dsn: %v", err)
 	}
@@ -118,7 +118,13 @@ func (d *daemon) setup(ctx context.Context, startFrom string) error {
 	if err != nil {
 		return usage.Wrap(err)
 	}
-	so := replicator.SourceOptions{DSN: dsn, ServerID: cfg.Source.ServerID, Label: "binvault-" + id, Metrics: d.metrics, Log: d.log}
+	so := replicator.SourceOptions{DSN: hosts[0], Hosts: hosts, FailoverWait: cfg.Source.FailoverWait.D(),
+		ServerID: cfg.Source.ServerID, Label: "binvault-" + id, Metrics: d.metrics, Log: d.log}
+	if len(hosts) > 1 {
+		if so.DSN, err = replicator.PickPrimary(ctx, so); err != nil {
+			return err
+		}
+	}
 	info, src, err := replicator.Preflight(ctx, so)
 	if err != nil {
 		// The daemon cannot start without its primary: whatever the reason,
@@ -142,6 +148,9 @@ func (d *daemon) setup(ctx context.Context, startFrom string) error {
 		if err := replicator.CheckResumable(ctx, so, info.Flavor, pos); err != nil {
 			return usage.Wrap(err)
 		}
+		if err := replicator.CheckHolds(ctx, so, info.Flavor, pos); err != nil {
+			return usage.Wrap(err)
+		}
 	}
 	d.source = replicator.NewSource(so, info, d.spool)
 	d.archiver = archiver.New(d.store, d.spool, archiver.Options{Metrics: d.metrics, Log: d.log,
@@ -159,7 +168,7 @@ func (d *daemon) setup(ctx context.Context, startFrom string) error {
 		d.applier = replicator.NewApplier(ao, info.Flavor, d.spool, d.store)
 	}
 	if cfg.Backup.Schedule != "" {
-		if d.sched, err = newScheduler(d, dsn); err != nil {
+		if d.sched, err = newScheduler(d); err != nil {
 			return usage.Errorf("backup.schedule: %v", err)
 		}
 	}
@@ -505,6 +514,19 @@ func (d *daemon) unready() []string {
 		p = append(p, "replica applier not running: "+r.LastError)
 	}
 	return p
+}
+
+// primaryDSN is source.dsn's server, or with several hosts the one that
+// is the writable primary now.
+func primaryDSN(ctx context.Context, cfg *config.Config) (dbconn.DSN, error) {
+	hosts, err := dbconn.ParseHosts(cfg.Source.DSN)
+	if err != nil {
+		return dbconn.DSN{}, usage.Errorf("source.dsn: %v", err)
+	}
+	if len(hosts) == 1 {
+		return hosts[0], nil
+	}
+	return replicator.PickPrimary(ctx, replicator.SourceOptions{Hosts: hosts, Log: slog.Default()})
 }
 
 func parseDSN(raw string) (string, error) {

@@ -124,9 +124,15 @@ func collectStatus(ctx context.Context, cfg *config.Config) (statusReport, int) 
 		code = max(code, c)
 	}
 	var rep statusReport
-	rep.Source = checkServer(ctx, "source", cfg.Source.DSN, worse, func(si dbconn.ServerInfo) []string { return si.SourceProblems() })
+	rep.Source = checkServer(ctx, "source", func() (dbconn.DSN, error) { return primaryDSN(ctx, cfg) }, worse, func(si dbconn.ServerInfo) []string { return si.SourceProblems() })
 	if cfg.Replica != nil {
-		r := checkServer(ctx, "replica", cfg.Replica.DSN, worse, func(si dbconn.ServerInfo) []string {
+		r := checkServer(ctx, "replica", func() (dbconn.DSN, error) {
+			d, err := dbconn.Parse(cfg.Replica.DSN)
+			if err != nil {
+				return d, usage.Errorf("replica.dsn: %v", err)
+			}
+			return d, nil
+		}, worse, func(si dbconn.ServerInfo) []string {
 			if !si.LogBin {
 				return []string{"binary log is off: turn log_bin on so the replica records the applied GTIDs and can serve its own replicas"}
 			}
@@ -217,11 +223,11 @@ func storeOptions(cfg *config.Config) open.Options {
 	return open.Options{URL: cfg.Storage.URL, Endpoint: cfg.Storage.Endpoint, Region: cfg.Storage.Region, PathStyle: cfg.Storage.PathStyle}
 }
 
-func checkServer(ctx context.Context, role, raw string, worse func(error), problems func(dbconn.ServerInfo) []string) serverStatus {
-	d, err := dbconn.Parse(raw)
-	if err != nil { // Validate already parsed it; kept for safety
-		worse(usage.Errorf("%s.dsn: %v", role, err))
-		return serverStatus{Problems: []string{err.Error()}}
+func checkServer(ctx context.Context, role string, dsn func() (dbconn.DSN, error), worse func(error), problems func(dbconn.ServerInfo) []string) serverStatus {
+	d, err := dsn()
+	if err != nil {
+		worse(err)
+		return serverStatus{Problems: []string{oneLine(err.Error())}}
 	}
 	s := serverStatus{DSN: d.String()}
 	db, err := dbconn.Open(ctx, role, d)

@@ -71,12 +71,12 @@ type lastPrune struct {
 	Error           string    `json:"error,omitempty"`
 }
 
-func newScheduler(d *daemon, dsn dbconn.DSN) (*scheduler, error) {
+func newScheduler(d *daemon) (*scheduler, error) {
 	sched, err := cron.ParseStandard(d.cfg.Backup.Schedule) // validated with the configuration
 	if err != nil {
 		return nil, err
 	}
-	s := &scheduler{d: d, dsn: dsn, spec: d.cfg.Backup.Schedule, log: d.log.With("part", "scheduled-backup")}
+	s := &scheduler{d: d, spec: d.cfg.Backup.Schedule, log: d.log.With("part", "scheduled-backup")}
 	s.cron = cron.New(cron.WithLogger(cronLogger{s.log}), cron.WithChain(cron.Recover(cronLogger{s.log})))
 	s.entry = s.cron.Schedule(sched, cron.FuncJob(s.tick))
 	s.state.Schedule = s.spec
@@ -116,7 +116,7 @@ func (s *scheduler) tick() {
 	s.state.Running, s.state.RunningSince = true, &started
 	s.mu.Unlock()
 	s.log.Info("scheduled backup starting")
-	man, err := backup.Run(s.ctx, s.d.store, s.dsn, backup.Options{
+	man, err := backup.Run(s.ctx, s.d.store, s.d.source.Primary(), backup.Options{
 		Parallel:   cfg.Backup.Parallel,
 		ChunkBytes: int64(cfg.Backup.ChunkSize),
 		Log:        s.log,

@@ -76,9 +76,7 @@ type replicaState struct {
 func (d *daemon) state() daemonState {
 	var st daemonState
 	st.UpdatedAt, st.PID, st.Started, st.Running = time.Now().UTC(), os.Getpid(), d.started.UTC(), true
-	if dsn, err := parseDSN(d.cfg.Source.DSN); err == nil {
-		st.Source.Primary = dsn
-	}
+	st.Source.Primary = d.source.Primary().String()
 	st.Source.Connected = d.source.Connected()
 	st.Source.Position, _, _ = d.spool.End()
 	st.Source.SecondsBehind = d.source.SecondsBehind()

@@ -15,6 +15,7 @@ type Metrics struct {
 	SourceBytes         prometheus.Counter
 	SourceTransactions  prometheus.Counter
 	SourceReconnects    prometheus.Counter
+	SourceFailovers     prometheus.Counter
 	SourceConnected     prometheus.Gauge
 	SourceSecondsBehind prometheus.Gauge
 
@@ -58,6 +59,7 @@ func New() *Metrics {
 	m.SourceBytes = counter("source_bytes_total", "Binlog bytes read from the primary.")
 	m.SourceTransactions = counter("source_transactions_total", "Whole transactions written to the spool.")
 	m.SourceReconnects = counter("source_reconnects_total", "Times the binlog stream was re-established after an error.")
+	m.SourceFailovers = counter("source_failovers_total", "Times binvault followed a new primary among source.dsn's hosts.")
 	m.SourceConnected = gauge("source_connected", "1 while the binlog stream is connected.")
 	m.SourceSecondsBehind = gauge("source_seconds_behind", "Seconds between the newest event's timestamp and now when it arrived; 0 when caught up (heartbeat).")
 	m.ArchiveSegments = counter("archive_segments_total", "Segments uploaded.")
