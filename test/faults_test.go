@@ -34,7 +34,7 @@ type s3Config struct {
 	dsn      string
 	serverID uint32 // 9001 when 0
 	prefix   string
-	listen   string // http.listen; "" turns the HTTP listener off
+	listen   string   // http.listen; "" turns the HTTP listener off
 	source   []string // more keys under source:, e.g. "failover_wait: 3s"
 	extra    []string
 }
