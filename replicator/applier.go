@@ -461,6 +461,9 @@ func (a *Applier) session(ctx context.Context) error {
 	}
 	f, err := NewFeed(ctx, FeedOptions{Spool: a.spool, Store: a.store, Flavor: a.flavor}, applied)
 	var he *HistoryError
+	if errors.As(err, &he) && he.LostInFork {
+		return usage.Errorf("the replica at GTID %q holds transactions a failover lost (%s): the new primary's history (segment %d, from %q) cannot apply on top of them; rebuild the replica from a backup taken after the failover", he.Position, he.Oldest.Fork.Lost, he.Oldest.Seq, he.Oldest.Start.GTIDSet)
+	}
 	if errors.As(err, &he) {
 		return usage.Errorf("the replica is at GTID %q but the oldest history binvault holds after it (segment %d) starts at %q: seed the replica from a backup (or restore) at a position binvault archived, then start again", he.Position, he.Oldest.Seq, he.Oldest.Start.GTIDSet)
 	}

@@ -22,6 +22,9 @@ type candidate struct {
 	pos         binlog.GTIDSet
 	state       []binlog.MariaDBGTID // MariaDB's gtid_binlog_state: the last GTID per domain and server
 	replicating string               // why the host is a replica ("" when it is not)
+	// lost names the archived transactions it lacks when failover takes
+	// it anyway (AcceptLost).
+	lost string
 }
 
 // lacks names the transactions of held the candidate does not have (""
@@ -196,7 +199,7 @@ func missingFrom(held, pos binlog.GTIDSet, state []binlog.MariaDBGTID) string {
 // brain: binvault picks neither. The error lists why each host was
 // passed over.
 func (s *Source) findPrimary(ctx context.Context, held binlog.GTIDSet) (candidate, error) {
-	var valid []candidate
+	var valid, lacking []candidate
 	var reasons []string
 	for _, h := range s.opts.Hosts {
 		pctx, cancel := context.WithTimeout(ctx, h.Timeout+5*time.Second)
@@ -210,10 +213,15 @@ func (s *Source) findPrimary(ctx context.Context, held binlog.GTIDSet) (candidat
 		case c.info.Flavor != s.info.Flavor:
 			reasons = append(reasons, fmt.Sprintf("%s: a %s server, binvault archives %s", h.Addr(), c.info.Flavor, s.info.Flavor))
 		case c.lacks(held) != "":
-			reasons = append(reasons, fmt.Sprintf("%s: writable, but lacks archived transactions %s: they were lost with the old primary; binvault waits for a server that holds them (to go on without them, archive this server under a new storage prefix, starting from a backup of it)", h.Addr(), c.lacks(held)))
+			c.lost = c.lacks(held)
+			lacking = append(lacking, c)
+			reasons = append(reasons, fmt.Sprintf("%s: writable, but lacks archived transactions %s: they were lost with the old primary; binvault waits for a server that holds them (binvault run --accept-lost-transactions continues from this one, losing them)", h.Addr(), c.lacks(held)))
 		default:
 			valid = append(valid, c)
 		}
+	}
+	if len(valid) == 0 && len(lacking) == 1 && s.opts.AcceptLost {
+		return lacking[0], nil
 	}
 	switch len(valid) {
 	case 1:
@@ -279,8 +287,9 @@ func PickPrimary(ctx context.Context, o SourceOptions) (dbconn.DSN, error) {
 // CheckHolds refuses, before streaming, a primary that lacks transactions
 // binvault already holds: streaming from it would fork the history (they
 // were lost with a previous primary, or the server was rebuilt from an
-// older copy).
-func CheckHolds(ctx context.Context, o SourceOptions, flavor string, pos binlog.Position) error {
+// older copy). With o.AcceptLost it instead continues the spool from the
+// primary's position and records the fork.
+func CheckHolds(ctx context.Context, o SourceOptions, spool *Spool, flavor string, pos binlog.Position) error {
 	held, err := binlog.ParseGTIDSet(flavor, pos.GTIDSet)
 	if err != nil || held.IsZero() {
 		return nil
@@ -290,8 +299,17 @@ func CheckHolds(ctx context.Context, o SourceOptions, flavor string, pos binlog.
 	if err != nil {
 		return err
 	}
-	if l := c.lacks(held); l != "" {
-		return usage.Errorf("the primary %s lacks transactions binvault already holds: %s; they were lost with a previous primary or the server was rebuilt from an older copy: point source.dsn at a server that holds them (it is at %q, binvault at %q)", o.DSN, l, c.pos.String(), held.String())
+	l := c.lacks(held)
+	if l == "" {
+		return nil
 	}
+	if !o.AcceptLost {
+		return usage.Errorf("the primary %s lacks transactions binvault already holds: %s; they were lost with a previous primary or the server was rebuilt from an older copy: point source.dsn at a server that holds them, or run with --accept-lost-transactions to continue from this one without them (it is at %q, binvault at %q)", o.DSN, l, c.pos.String(), held.String())
+	}
+	if err := spool.Fork(c.origin, binlog.Position{GTIDSet: c.pos.String()}, archive.Fork{After: pos, Lost: l, Time: time.Now().UTC()}); err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	o.Log.Error("STARTING FROM A PRIMARY THAT LACKS ARCHIVED TRANSACTIONS (--accept-lost-transactions): the archive records a fork and continues from the primary's position; restores past this point need a backup taken after it, and replicas that applied the lost transactions must be rebuilt",
+		"primary", o.DSN.String(), "lost", l, "abandoned_end", pos.GTIDSet, "continues_from", c.pos.String())
 	return nil
 }

@@ -36,6 +36,8 @@ type Feed struct {
 	closer  io.Closer
 	tail    *tailReader
 	ix      *archive.Index // loaded on first need
+	moved   bool           // seq was reached by reading the one before to its end
+	from    binlog.GTIDSet // the consumer's position at NewFeed
 }
 
 // FeedOptions say where a Feed reads.
@@ -55,9 +57,15 @@ type FeedOptions struct {
 type HistoryError struct {
 	Position string          // the consumer's GTID position
 	Oldest   archive.Segment // the oldest segment after it that binvault holds
+	// LostInFork: the consumer holds transactions a failover lost, and
+	// Oldest is the segment that records the fork.
+	LostInFork bool
 }
 
 func (e *HistoryError) Error() string {
+	if e.LostInFork {
+		return fmt.Sprintf("the position %q holds transactions lost in a failover (%s; segment %d starts the new primary's history at %q): rebuild it from a backup taken after the failover", e.Position, e.Oldest.Fork.Lost, e.Oldest.Seq, e.Oldest.Start.GTIDSet)
+	}
 	return fmt.Sprintf("the position %q is not in the history binvault holds: the oldest segment after it (%d) starts at %q", e.Position, e.Oldest.Seq, e.Oldest.Start.GTIDSet)
 }
 
@@ -65,7 +73,7 @@ func (e *HistoryError) Error() string {
 // after applied; it is a *HistoryError when history between applied and
 // the oldest segment binvault still holds is missing.
 func NewFeed(ctx context.Context, o FeedOptions, applied binlog.GTIDSet) (*Feed, error) {
-	f := &Feed{spool: o.Spool, store: o.Store, flavor: o.Flavor, wait: o.Archived}
+	f := &Feed{spool: o.Spool, store: o.Store, flavor: o.Flavor, wait: o.Archived, from: applied.Clone()}
 	// One view of the spool: deciding from a list taken now and a "next
 	// segment" read later would skip what was written in between.
 	var cands []archive.Segment
@@ -83,6 +91,9 @@ func NewFeed(ctx context.Context, o FeedOptions, applied binlog.GTIDSet) (*Feed,
 	}
 	pick := func(segs []archive.Segment) (uint64, bool, error) {
 		for _, s := range segs {
+			if s.HoldsLost(applied) {
+				return 0, false, &HistoryError{Position: applied.String(), Oldest: s, LostInFork: true}
+			}
 			// The segment being written is never passed over: what it
 			// holds now may be applied, but it grows.
 			if contains(s.End) && s.Txns > 0 && s.Seq != openSeq {
@@ -160,6 +171,18 @@ func (f *Feed) Next(ctx context.Context, wait bool) (binlog.Event, error) {
 			if err := f.open(ctx, wait); err != nil {
 				return binlog.Event{}, err
 			}
+			if f.seg.Fork != nil && (f.moved || f.seg.HoldsLost(f.from)) {
+				// Read up to a fork (what came before is the branch the
+				// failover abandoned: the consumer holds its end), or
+				// started on that branch before the fork was written.
+				pos := f.from.String()
+				if f.moved {
+					pos = f.seg.Fork.After.GTIDSet
+				}
+				f.closeSeg()
+				return binlog.Event{}, &HistoryError{Position: pos, Oldest: f.seg, LostInFork: true}
+			}
+			f.moved = false
 		}
 		if f.tail != nil {
 			f.tail.ctx, f.tail.wait = ctx, wait
@@ -174,6 +197,7 @@ func (f *Feed) Next(ctx context.Context, wait bool) (binlog.Event, error) {
 		if err == io.EOF {
 			f.closeSeg()
 			f.seq++
+			f.moved = true
 			continue
 		}
 		if ctx.Err() != nil {

@@ -40,7 +40,11 @@ type SourceOptions struct {
 	// FailoverWait is how long a lost primary has to come back writable
 	// before binvault looks for another among Hosts.
 	FailoverWait time.Duration
-	ServerID     uint32
+	// AcceptLost lets failover continue from the one writable candidate
+	// that lacks archived transactions (they are lost); the archive
+	// records the fork.
+	AcceptLost bool
+	ServerID   uint32
 	// Label is what binvault reports as its host when it registers as a
 	// replica (SHOW SLAVE HOSTS); it tells our own stale registrations
 	// apart from another replica that uses the same server_id.
@@ -334,10 +338,15 @@ func (s *Source) failover(ctx context.Context) (bool, error) {
 	}
 	s.refusal = ""
 	old := s.Primary()
-	if c.dsn.Addr() == old.Addr() && c.origin.ServerID == s.spool.Source().ServerID {
+	if c.lost != "" {
+		if err := s.spool.Fork(c.origin, binlog.Position{GTIDSet: c.pos.String()}, archive.Fork{After: end, Lost: c.lost, Time: time.Now().UTC()}); err != nil {
+			return false, fmt.Errorf("spool: %w", err)
+		}
+		s.opts.Log.Error("FAILOVER LOSING ARCHIVED TRANSACTIONS (--accept-lost-transactions): the new primary lacks them; the archive records a fork and continues from the new primary's position; restores past this point need a backup taken after it, and replicas that applied the lost transactions must be rebuilt",
+			"new_primary", c.dsn.String(), "lost", c.lost, "abandoned_end", end.GTIDSet, "continues_from", c.pos.String())
+	} else if c.dsn.Addr() == old.Addr() && c.origin.ServerID == s.spool.Source().ServerID {
 		return true, nil // the primary came back
-	}
-	if err := s.spool.SwitchSource(c.origin); err != nil {
+	} else if err := s.spool.SwitchSource(c.origin); err != nil {
 		return false, fmt.Errorf("spool: %w", err)
 	}
 	s.info = c.info

@@ -55,8 +55,9 @@ type Spool struct {
 	hasEnd  bool
 	nextSeq uint64
 	source  archive.Source
-	fde     []byte // format description for the next segment
-	curFile string // primary binlog file the stream is in
+	fork    *archive.Fork // recorded in the next segment (Fork)
+	fde     []byte        // format description for the next segment
+	curFile string        // primary binlog file the stream is in
 	grouper binlog.Grouper
 	txnOpen bool // a transaction's events are being written
 	txns    uint64
@@ -219,6 +220,7 @@ type startFile struct {
 	Start  binlog.Position `json:"start"`
 	Source archive.Source  `json:"source"`
 	File   string          `json:"file"` // primary binlog file at the start
+	Fork   *archive.Fork   `json:"fork,omitempty"`
 }
 
 // recoverOpen scans the open segment, truncates its torn tail and reopens it
@@ -237,7 +239,7 @@ func (s *Spool) recoverOpen(seq uint64) error {
 		return err
 	}
 	o := &openSegment{seq: seq, f: f, h: sha256.New(), tables: map[string]struct{}{}, opened: time.Now()}
-	o.meta = archive.Segment{Format: archive.SegmentFormat, Seq: seq, Source: st.Source, Start: st.Start}
+	o.meta = archive.Segment{Format: archive.SegmentFormat, Seq: seq, Source: st.Source, Start: st.Start, Fork: st.Fork}
 	set, err := binlog.ParseGTIDSet(s.flavor, st.Start.GTIDSet)
 	if err != nil {
 		f.Close()
@@ -396,6 +398,26 @@ func (s *Spool) SwitchSource(src archive.Source) error {
 	return nil
 }
 
+// Fork is SwitchSource to a new primary that lacks transactions the spool
+// (or the archive) holds: the spool continues from start, the new
+// primary's position, and the next segment records the fork (f.After is
+// the abandoned end). A crash before that segment is written forgets the
+// fork; the restart then refuses the primary again.
+func (s *Spool) Fork(src archive.Source, start binlog.Position, f archive.Fork) error {
+	if err := s.SwitchSource(src); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	set, err := binlog.ParseGTIDSet(s.flavor, start.GTIDSet)
+	if err != nil {
+		return err
+	}
+	s.end, s.endSet, s.hasEnd = start, set, true
+	s.fork = &f
+	return nil
+}
+
 // Append writes one event from the stream. Events outside transactions
 // update the stream's context (format description, binlog file); a
 // transaction's events go to the open segment, and its last event makes it
@@ -461,7 +483,7 @@ func (s *Spool) createLocked(ts uint32) error {
 		return errors.New("transaction before any format description event")
 	}
 	seq := s.nextSeq
-	st := startFile{Seq: seq, Start: s.end, Source: s.source, File: s.curFile}
+	st := startFile{Seq: seq, Start: s.end, Source: s.source, File: s.curFile, Fork: s.fork}
 	if err := writeJSONAtomic(s.dir, s.path(seq, ".start.json"), st); err != nil {
 		return err
 	}
@@ -470,7 +492,8 @@ func (s *Spool) createLocked(ts uint32) error {
 		return err
 	}
 	o := &openSegment{seq: seq, f: f, w: bufio.NewWriterSize(f, spoolWriteBuffer), h: sha256.New(), opened: time.Now(), tables: map[string]struct{}{}}
-	o.meta = archive.Segment{Format: archive.SegmentFormat, Seq: seq, Source: s.source, Start: s.end, End: s.end}
+	o.meta = archive.Segment{Format: archive.SegmentFormat, Seq: seq, Source: s.source, Start: s.end, End: s.end, Fork: s.fork}
+	s.fork = nil
 	o.set = s.endSet.Clone()
 	for _, b := range [][]byte{binlog.Magic, s.fde} {
 		o.w.Write(b)

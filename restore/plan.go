@@ -106,7 +106,16 @@ func MakePlan(ctx context.Context, st storage.Store, target Target) (*Plan, erro
 				continue
 			}
 		}
-		run, why := rollForward(flavor, pos, segs)
+		branch, from := branchOf(pos, segs)
+		if g, ok := binlog.ParseMariaDBGTID(target.GTID + target.StopBefore); ok && from > 0 && !segs[from].AfterFork(g) && !pos.ContainsGTID(g.String()) {
+			tried = append(tried, fmt.Sprintf("backup %s is of the new primary after the failover that lost transactions at segment %d, and the target is before it", m.ID, segs[from].Seq))
+			continue
+		}
+		if k := forkBeyond(segs, from, target); k >= 0 {
+			tried = append(tried, fmt.Sprintf("backup %s is from before the failover that lost transactions at segment %d, and the target is after it: take a backup of the new primary", m.ID, segs[k].Seq))
+			continue
+		}
+		run, why := rollForward(flavor, pos, branch)
 		if why != "" {
 			tried = append(tried, fmt.Sprintf("backup %s: %s", m.ID, why))
 			continue
@@ -158,6 +167,44 @@ func MakePlan(ctx context.Context, st storage.Store, target Target) (*Plan, erro
 		return nil, fail("no backup can be rolled forward to it (%s)", strings.Join(tried, "; "))
 	}
 	return nil, fail("before the oldest backup (snapshot %s)", fmtTime(backups[0].SnapshotTime))
+}
+
+// branchOf keeps, of segs, the branch a server at pos stands on: from the
+// last recorded fork whose new branch pos has reached (the segments
+// before it hold the abandoned branch, which must not replay onto it).
+// from is the index the branch starts at.
+func branchOf(pos binlog.GTIDSet, segs []archive.Segment) ([]archive.Segment, int) {
+	from := 0
+	for i := 1; i < len(segs); i++ {
+		if segs[i].Forks(segs[i-1]) && segs[i].OnNewBranch(pos) {
+			from = i
+		}
+	}
+	return segs[from:], from
+}
+
+// forkBeyond is the index of a recorded fork after from that the target
+// lies past (-1: none): a backup on the branch before it cannot reach the
+// target. --latest lies past every fork.
+func forkBeyond(segs []archive.Segment, from int, t Target) int {
+	for i := from + 1; i < len(segs); i++ {
+		if !segs[i].Forks(segs[i-1]) {
+			continue
+		}
+		switch {
+		case t.Latest:
+			return i
+		case t.Time != nil:
+			if t.Time.After(segs[i].Fork.Time) {
+				return i
+			}
+		default:
+			if g, ok := binlog.ParseMariaDBGTID(t.GTID + t.StopBefore); ok && segs[i].AfterFork(g) {
+				return i
+			}
+		}
+	}
+	return -1
 }
 
 // rollForward returns the unbroken run of segments from the first one not
@@ -236,16 +283,24 @@ func describeCoverage(backups []*backup.Manifest, segs []archive.Segment) string
 		parts = append(parts, "no archived transactions")
 		return strings.Join(parts, ", ")
 	}
-	var runs []string
+	var b strings.Builder
+	b.WriteString("archived ")
 	start := 0
 	for i := 1; i <= len(segs); i++ {
 		if i == len(segs) || !segs[i].Follows(segs[i-1]) {
-			a, b := segs[start], segs[i-1]
-			runs = append(runs, fmt.Sprintf("transactions from %s to %s (GTID %q to %q)", fmtTime(a.FirstTime), fmtTime(b.LastTime), a.Start.GTIDSet, b.End.GTIDSet))
+			first, last := segs[start], segs[i-1]
+			fmt.Fprintf(&b, "transactions from %s to %s (GTID %q to %q)", fmtTime(first.FirstTime), fmtTime(last.LastTime), first.Start.GTIDSet, last.End.GTIDSet)
+			switch {
+			case i == len(segs):
+			case segs[i].Forks(segs[i-1]):
+				fmt.Fprintf(&b, " and, after a failover that lost %s (segment %d starts a new history: a point after it needs a backup taken after it), ", segs[i].Fork.Lost, segs[i].Seq)
+			default:
+				b.WriteString(" and, after a gap, ")
+			}
 			start = i
 		}
 	}
-	parts = append(parts, "archived "+strings.Join(runs, " and, after a gap, "))
+	parts = append(parts, b.String())
 	return strings.Join(parts, "; ")
 }
 

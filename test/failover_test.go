@@ -254,14 +254,17 @@ func metricFromLog(d *daemon, msg string) int { return strings.Count(d.log.Strin
 func TestFailoverRefusesACandidateMissingArchivedTransactions(t *testing.T) {
 	f := newFailoverSetup(t)
 	a, b := f.a, f.b
-	execOn(t, a, "CREATE DATABASE app", "CREATE TABLE app.t (id INT PRIMARY KEY)")
-	waitSameGTID(t, a, b, 20*time.Second)
 	d := startDaemon(t, f.env, "--config", f.cfg)
 	eventually(t, 20*time.Second, "the daemon to stream", func() bool {
 		st := f.state(t)
 		src, _ := st["source"].(map[string]any)
 		return src != nil && src["connected"] == true
 	})
+	execOn(t, a, "CREATE DATABASE app", "CREATE TABLE app.t (id INT PRIMARY KEY)")
+	waitSameGTID(t, a, b, 20*time.Second)
+	if bk := binvault(t, f.env, "backup", "--config", f.cfg); bk.code != 0 {
+		t.Fatalf("backup before the failover: %s", bk)
+	}
 	b.Exec(t, "STOP SLAVE")
 	bPos := b.QueryString(t, "SELECT @@gtid_binlog_pos")
 	for i := range 3 {
@@ -269,6 +272,7 @@ func TestFailoverRefusesACandidateMissingArchivedTransactions(t *testing.T) {
 	}
 	aPos := a.QueryString(t, "SELECT @@gtid_binlog_pos")
 	eventually(t, 20*time.Second, "A's writes to be archived", func() bool { return f.setup.archivedPosition(t) == aPos })
+	waitSameGTID(t, a, f.c, 20*time.Second) // the applied replica has them too
 	if err := a.Kill(); err != nil {
 		t.Fatal(err)
 	}
@@ -315,7 +319,68 @@ func TestFailoverRefusesACandidateMissingArchivedTransactions(t *testing.T) {
 	// A restart finds no primary that holds the archive: exit 2, naming
 	// the missing transactions.
 	r := binvaultWithin(t, time.Minute, f.env, "run", "--config", f.cfg)
-	if r.code != 2 || !strings.Contains(r.stderr, "lacks") || !strings.Contains(r.stderr, aPos) {
+	if r.code != 2 || !strings.Contains(r.stderr, "lacks") || !strings.Contains(r.stderr, aPos) || !strings.Contains(r.stderr, "--accept-lost-transactions") {
 		t.Fatalf("run with only a candidate missing archived transactions: %s", r)
 	}
+
+	// --accept-lost-transactions: binvault continues from B, the archive
+	// records the fork, the applied replica (which holds A's lost
+	// transactions) is stopped, and a backup taken after the fork restores
+	// to B's latest.
+	d2 := startDaemon(t, f.env, "--config", f.cfg, "--accept-lost-transactions")
+	eventually(t, 20*time.Second, "the daemon to stream from B", func() bool {
+		src, _ := f.state(t)["source"].(map[string]any)
+		return src != nil && src["connected"] == true && strings.Contains(fmt.Sprint(src["primary"]), b.Addr())
+	})
+	if !strings.Contains(d2.log.String(), "STARTING FROM A PRIMARY THAT LACKS ARCHIVED TRANSACTIONS") {
+		t.Fatalf("no loud log line for the accepted loss:\n%s", tailLog(d2))
+	}
+	execOn(t, b, "INSERT INTO app.t VALUES (101)")
+	bNow := b.QueryString(t, "SELECT @@gtid_binlog_pos")
+	deadline = time.Now().Add(20 * time.Second)
+	for f.setup.archivedPosition(t) != bNow {
+		if time.Now().After(deadline) {
+			t.Fatalf("B's write (%s) is not archived: the archive ends at %q\n%s", bNow, f.setup.archivedPosition(t), tailLog(d2))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	seg := binvault(t, f.env, "segments", "--config", f.cfg, "--json")
+	var rep struct {
+		Forks []string `json:"forks"`
+		Gaps  []string `json:"gaps"`
+	}
+	if err := json.Unmarshal([]byte(seg.stdout), &rep); err != nil || len(rep.Forks) != 1 || len(rep.Gaps) != 0 || !strings.Contains(rep.Forks[0], wantNamed[0]) {
+		t.Fatalf("segments after the fork: forks %q, gaps %q (%v)", rep.Forks, rep.Gaps, err)
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		rs, _ := f.state(t)["replica"].(map[string]any)
+		if rs != nil && rs["stopped"] == true && strings.Contains(fmt.Sprint(rs["last_error"]), "holds transactions a failover lost") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the applier did not stop on the lost transactions: %v\n%s", rs, tailLog(d2))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if v := binvault(t, f.env, "verify", "--config", f.cfg); v.code != 0 {
+		t.Fatalf("verify with a recorded fork: %s", v)
+	}
+	if bk := binvault(t, f.env, "backup", "--config", f.cfg); bk.code != 0 {
+		t.Fatalf("backup of the new primary: %s", bk)
+	}
+	if code := d2.stop(t, 20*time.Second); code != 0 {
+		t.Fatalf("daemon exit %d: %s", code, d2.log)
+	}
+	target := harness.StartMariaDB(t, "target", harness.MariaDBOptions{})
+	if rr := binvault(t, f.env, "restore", "--config", f.cfg, "--target", target.DSN("", ""), "--latest"); rr.code != 0 {
+		t.Fatalf("restore --latest after the fork: %s", rr)
+	}
+	sameChecksums(t, b, target)
+	// A point before the fork (A's last transaction, lost on B) restores
+	// from the backup taken before it, to what the applied replica holds.
+	before := harness.StartMariaDB(t, "before", harness.MariaDBOptions{})
+	if rr := binvault(t, f.env, "restore", "--config", f.cfg, "--target", before.DSN("", ""), "--to-gtid", aPos); rr.code != 0 {
+		t.Fatalf("restore --to-gtid %s, before the fork: %s", aPos, rr)
+	}
+	sameChecksums(t, f.c, before)
 }

@@ -85,6 +85,16 @@ func TestServeEightReplicasOneStalled(t *testing.T) {
 	})
 	time.Sleep(time.Second)
 	l.Stop()
+	// The frozen replica's socket buffers grow (loopback autotuning, up
+	// to tens of MB) and may take in what the load wrote after the first
+	// 503: write more until binvault holds events it cannot send, so the
+	// frozen replica stays behind once nothing more is written.
+	eventually(t, 30*time.Second, "binvault to hold events the frozen replica cannot take", func() bool {
+		p.Exec(t, "INSERT INTO app.events (account, kind, payload) VALUES (0, 'stall', REPEAT('s', 2097152))")
+		time.Sleep(300 * time.Millisecond)
+		code, _ := health(frozen)
+		return code == http.StatusServiceUnavailable && s.statusReplicas(t)[frozen.ServerID].LagTransactions > 0
+	})
 	want := p.QueryString(t, "SELECT @@gtid_binlog_pos")
 	eventually(t, 30*time.Second, "the archive to reach "+want, func() bool {
 		maxRPO = max(maxRPO, metric(t, s.web, "binvault_archive_rpo_seconds"))

@@ -35,6 +35,7 @@ const drainTimeout = 20 * time.Second
 
 func newRunCmd(g *globals) *cobra.Command {
 	var startFrom string
+	var acceptLost bool
 	c := &cobra.Command{
 		Use:   "run",
 		Short: "Run the daemon: stream the binlog into the spool and archive it (stops cleanly on SIGINT/SIGTERM)",
@@ -52,10 +53,11 @@ SIGINT/SIGTERM: stop streaming, close the open segment, upload what is left
 			if err != nil {
 				return err
 			}
-			return runDaemon(cmd.Context(), cfg, startFrom)
+			return runDaemon(cmd.Context(), cfg, runOptions{startFrom: startFrom, acceptLost: acceptLost})
 		},
 	}
 	c.Flags().StringVar(&startFrom, "start-from", "", "with an empty spool and archive, start at this position instead of the primary's current one: gtid:SET (e.g. gtid:0-1-1000)")
+	c.Flags().BoolVar(&acceptLost, "accept-lost-transactions", false, "continue from a primary that lacks transactions binvault archived (lost with the old primary): the archive records a fork; restores past it need a backup taken after it")
 	return c
 }
 
@@ -81,9 +83,15 @@ type daemon struct {
 	stateMu   sync.Mutex // one state file writer at a time
 }
 
-func runDaemon(ctx context.Context, cfg *config.Config, startFrom string) error {
+// runOptions are run's flags.
+type runOptions struct {
+	startFrom  string
+	acceptLost bool
+}
+
+func runDaemon(ctx context.Context, cfg *config.Config, ro runOptions) error {
 	d := &daemon{cfg: cfg, log: slog.Default(), metrics: metrics.New(), started: time.Now()}
-	if err := d.setup(ctx, startFrom); err != nil {
+	if err := d.setup(ctx, ro); err != nil {
 		if d.spool != nil {
 			d.spool.Close()
 		}
@@ -95,8 +103,9 @@ func runDaemon(ctx context.Context, cfg *config.Config, startFrom string) error 
 
 // setup checks everything before anything runs: a problem found here is
 // the user's to fix (exit 2).
-func (d *daemon) setup(ctx context.Context, startFrom string) error {
+func (d *daemon) setup(ctx context.Context, ro runOptions) error {
 	cfg := d.cfg
+	startFrom := ro.startFrom
 	hosts, err := dbconn.ParseHosts(cfg.Source.DSN)
 	if err != nil {
 		return usage.Errorf("source.dsn: %v", err)
@@ -118,7 +127,10 @@ func (d *daemon) setup(ctx context.Context, startFrom string) error {
 	if err != nil {
 		return usage.Wrap(err)
 	}
-	so := replicator.SourceOptions{DSN: hosts[0], Hosts: hosts, FailoverWait: cfg.Source.FailoverWait.D(),
+	if ro.acceptLost {
+		d.log.Warn("--accept-lost-transactions: a new primary that lacks archived transactions is followed anyway, and the archive records the fork")
+	}
+	so := replicator.SourceOptions{DSN: hosts[0], Hosts: hosts, FailoverWait: cfg.Source.FailoverWait.D(), AcceptLost: ro.acceptLost,
 		ServerID: cfg.Source.ServerID, Label: "binvault-" + id, Metrics: d.metrics, Log: d.log}
 	if len(hosts) > 1 {
 		if so.DSN, err = replicator.PickPrimary(ctx, so); err != nil {
@@ -145,10 +157,12 @@ func (d *daemon) setup(ctx context.Context, startFrom string) error {
 		return err
 	}
 	if pos, _, ok := d.spool.End(); ok {
-		if err := replicator.CheckResumable(ctx, so, info.Flavor, pos); err != nil {
+		if err := replicator.CheckHolds(ctx, so, d.spool, info.Flavor, pos); err != nil {
 			return usage.Wrap(err)
 		}
-		if err := replicator.CheckHolds(ctx, so, info.Flavor, pos); err != nil {
+	}
+	if pos, _, ok := d.spool.End(); ok {
+		if err := replicator.CheckResumable(ctx, so, info.Flavor, pos); err != nil {
 			return usage.Wrap(err)
 		}
 	}

@@ -32,7 +32,22 @@ type segmentsReport struct {
 	Segments []archive.Segment `json:"segments"`
 	Coverage *coverage         `json:"coverage,omitempty"`
 	Gaps     []string          `json:"gaps,omitempty"`
-	Requests int               `json:"requests"`
+	// Forks are failovers that lost archived transactions
+	// (--accept-lost-transactions): the history restarts there.
+	Forks    []string `json:"forks,omitempty"`
+	Requests int      `json:"requests"`
+}
+
+// forksOf describes each recorded fork in segs.
+func forksOf(segs []archive.Segment) []string {
+	var out []string
+	for i := 1; i < len(segs); i++ {
+		if s := segs[i]; s.Forks(segs[i-1]) {
+			out = append(out, fmt.Sprintf("segment %d (%s): a failover to server_id %d lost %s; the history ending at %q continues from %q; restores past it need a backup taken after it",
+				s.Seq, s.Fork.Time.Format(time.RFC3339), s.Source.ServerID, s.Fork.Lost, s.Fork.After.GTIDSet, s.Start.GTIDSet))
+		}
+	}
+	return out
 }
 
 func newSegmentsCmd(g *globals) *cobra.Command {
@@ -53,7 +68,7 @@ continuous coverage. Breaks in the chain are listed as gaps.`,
 			if err != nil {
 				return err
 			}
-			rep := segmentsReport{Store: st.String(), Segments: ix.Segments, Gaps: archive.Chain(ix.Segments), Requests: ix.Requests}
+			rep := segmentsReport{Store: st.String(), Segments: ix.Segments, Gaps: archive.Chain(ix.Segments), Forks: forksOf(ix.Segments), Requests: ix.Requests}
 			if rep.Segments == nil {
 				rep.Segments = []archive.Segment{}
 			}
@@ -109,14 +124,15 @@ func printSegments(g *globals, rep segmentsReport) {
 		return
 	}
 	tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SEQ\tFIRST COMMIT\tLAST COMMIT\tTXNS\tBINLOG\tSTORED\tFIRST GTID\tLAST GTID\tDDL")
+	fmt.Fprintln(tw, "SEQ\tFIRST COMMIT\tLAST COMMIT\tTXNS\tBINLOG\tSTORED\tFIRST GTID\tLAST GTID\tDDL\tSOURCE")
 	for _, s := range rep.Segments {
 		ddl := ""
 		if s.DDL {
 			ddl = "yes"
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", s.Seq, s.FirstTime.Format(time.RFC3339), s.LastTime.Format(time.RFC3339),
-			s.Txns, humanBytes(s.Bytes), humanBytes(s.StoredBytes), s.FirstGTID, s.LastGTID, ddl)
+		src := fmt.Sprintf("%d@%s:%d", s.Source.ServerID, s.Source.Hostname, s.Source.Port)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Seq, s.FirstTime.Format(time.RFC3339), s.LastTime.Format(time.RFC3339),
+			s.Txns, humanBytes(s.Bytes), humanBytes(s.StoredBytes), s.FirstGTID, s.LastGTID, ddl, src)
 	}
 	tw.Flush()
 	c := rep.Coverage
@@ -127,6 +143,9 @@ func printSegments(g *globals, rep segmentsReport) {
 	fmt.Fprintf(g.stdout, "  gtid: from %q to %q\n", c.Start.GTIDSet, c.End.GTIDSet)
 	for _, gap := range rep.Gaps {
 		fmt.Fprintf(g.stdout, "gap: %s\n", gap)
+	}
+	for _, f := range rep.Forks {
+		fmt.Fprintf(g.stdout, "fork: %s\n", f)
 	}
 }
 

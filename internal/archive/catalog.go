@@ -387,6 +387,8 @@ func Chain(segs []Segment) []string {
 		switch {
 		case b.Seq != a.Seq+1:
 			problems = append(problems, fmt.Sprintf("segments %d and %d are not consecutive: %d missing", a.Seq, b.Seq, b.Seq-a.Seq-1))
+		case b.Forks(a):
+			// A recorded fork (--accept-lost-transactions) is history, not damage.
 		case !b.Follows(a):
 			problems = append(problems, fmt.Sprintf("segment %d starts at GTID %q but segment %d ends at %q", b.Seq, b.Start.GTIDSet, a.Seq, a.End.GTIDSet))
 		}

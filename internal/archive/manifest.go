@@ -72,6 +72,26 @@ func (s Segment) Follows(prev Segment) bool {
 	return s.Seq == prev.Seq+1 && binlog.SamePosition(s.Source.Flavor, s.Start.GTIDSet, prev.End.GTIDSet)
 }
 
+// Forks reports whether s is the first segment after a recorded fork that
+// prev's history ends at: the next number, and a Fork whose After is
+// where prev ends. The history does not continue across it (Follows is
+// false): nothing replays from one side into the other.
+func (s Segment) Forks(prev Segment) bool {
+	return s.Fork != nil && s.Seq == prev.Seq+1 && binlog.SamePosition(s.Source.Flavor, s.Fork.After.GTIDSet, prev.End.GTIDSet)
+}
+
+// Fork records, in the first segment after it, that binvault continued
+// from a new primary lacking transactions it had archived (binvault run
+// --accept-lost-transactions): the history before After has a branch that
+// ends there, and the segment starts a new one at its Start.
+type Fork struct {
+	// After is where the abandoned history ends (the previous segment's End).
+	After binlog.Position `json:"after"`
+	// Lost names the archived transactions the new primary lacks.
+	Lost string    `json:"lost"`
+	Time time.Time `json:"time"`
+}
+
 // Segment is the manifest of one segment: what it holds and where it sits
 // in the chain. Segment seq starts where seq-1 ended: Start equals the
 // previous segment's End.
@@ -93,6 +113,10 @@ type Segment struct {
 	// The binlog file before compression.
 	Bytes  int64  `json:"bytes"`
 	SHA256 string `json:"sha256"`
+	// Fork is set on the first segment after a failover that lost
+	// archived transactions.
+	Fork *Fork `json:"fork,omitempty"`
+
 	// The stored object (see storage's checksum trailer).
 	Key          string `json:"key,omitempty"`
 	StoredBytes  int64  `json:"stored_bytes,omitempty"`

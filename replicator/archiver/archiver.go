@@ -17,7 +17,6 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/binvault/binvault/internal/archive"
-	"github.com/binvault/binvault/internal/binlog"
 	"github.com/binvault/binvault/internal/metrics"
 	"github.com/binvault/binvault/internal/retry"
 	"github.com/binvault/binvault/storage"
@@ -270,7 +269,7 @@ func (a *Archiver) upload(ctx context.Context, seg archive.Segment) error {
 	if seg.Seq != a.uploaded+1 && a.uploaded != 0 {
 		return fmt.Errorf("%w: next segment in the spool is %d but the archive ends at %d", ErrConflict, seg.Seq, a.uploaded)
 	}
-	if a.newest != nil && !binlog.SamePosition(seg.Source.Flavor, seg.Start.GTIDSet, a.newest.End.GTIDSet) {
+	if a.newest != nil && !seg.Follows(*a.newest) && !seg.Forks(*a.newest) {
 		return fmt.Errorf("%w: segment %d starts at GTID %q but the archive ends at %q", ErrConflict, seg.Seq, seg.Start.GTIDSet, a.newest.End.GTIDSet)
 	}
 	seg.Format = archive.SegmentFormat

@@ -179,6 +179,9 @@ func (d *dumper) startGTID(ctx context.Context, flavor, state string) error {
 	d.passed, d.checked = map[uint32]binlog.MariaDBGTID{}, map[uint32]bool{}
 	d.feed, err = d.h.Open(ctx, pos)
 	var he *replicator.HistoryError
+	if errors.As(err, &he) && he.LostInFork {
+		return fatal("%v", he)
+	}
 	if errors.As(err, &he) {
 		return fatal("the replica's position %q is not in the history binvault holds: %s; rebuild the replica from a backup binvault holds (binvault restore) and start it from that backup's position", pos, d.coverage(ctx))
 	}
@@ -311,6 +314,10 @@ func (d *dumper) stream(ctx context.Context) error {
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
+			}
+			var he *replicator.HistoryError
+			if errors.As(err, &he) {
+				return fatal("%v", he) // a failover lost what this replica holds
 			}
 			return mysql.NewError(erUnknown, fmt.Sprintf("binvault cannot read its history now: %v", err))
 		}
