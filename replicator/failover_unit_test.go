@@ -63,12 +63,12 @@ func TestHoldsLost(t *testing.T) {
 	fork := archive.Segment{Seq: 9, Source: archive.Source{Flavor: dbconn.MariaDB}, Start: binlog.Position{GTIDSet: "0-2-1049"},
 		Fork: &archive.Fork{After: binlog.Position{GTIDSet: "0-1-1050"}, Lost: "0-1-1048…0-1-1050 (3 transactions)"}}
 	for pos, want := range map[string]bool{
-		"0-1-1050": true,  // all of the lost ones
+		"0-1-1050":       true, // all of the lost ones
 		"0-1-1050,1-5-3": true,
-		"0-2-1049": false, // the new start
-		"0-2-1060": false, // past it, on B's history
-		"0-1-1047": false, // before the lost ones: Contains decides (a gap)
-		"0-1-1049": false, // at the new start's number, another server: SameAtEqualSeq decides
+		"0-2-1049":       false, // the new start
+		"0-2-1060":       false, // past it, on B's history
+		"0-1-1047":       false, // before the lost ones: Contains decides (a gap)
+		"0-1-1049":       false, // at the new start's number, another server: SameAtEqualSeq decides
 	} {
 		if got := fork.HoldsLost(mariaSet(t, pos)); got != want {
 			t.Errorf("%s: holdsLost %v, want %v", pos, got, want)

@@ -163,6 +163,12 @@ func (c *chaos) main(ctx context.Context, rounds int, roundTimeout time.Duration
 			break
 		}
 		kind := kinds[c.rng.IntN(len(kinds))]
+		if len(results) > 0 && results[len(results)-1].err != nil {
+			if err := c.heal(ctx); err != nil {
+				fmt.Printf("chaos: cannot go on after the failed round: %v\n", err)
+				break
+			}
+		}
 		r := c.round(ctx, n, rounds, kind, roundTimeout)
 		results = append(results, r)
 		if r.err != nil && !keepGoing {

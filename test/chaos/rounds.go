@@ -103,6 +103,7 @@ func (c *chaos) round(parent context.Context, n, rounds int, kind string, timeou
 		if err := c.replica.Start(); err != nil {
 			return fail("restarting the replica", err)
 		}
+		c.recovery(ctx, step, "the applier reconnected", func(m map[string]float64) bool { return m["binvault_replica_connected"] == 1 })
 	case "store":
 		down := time.Duration(10+c.rng.IntN(51)) * time.Second
 		mode := []string{"versitygw killed", "store proxy disabled (connections refused)", "store proxy a black hole (data dropped, connections held)"}[c.rng.IntN(3)]
@@ -111,6 +112,10 @@ func (c *chaos) round(parent context.Context, n, rounds int, kind string, timeou
 		if err := c.storeOutage(ctx, mode, down); err != nil {
 			return fail("store outage", err)
 		}
+		c.recovery(ctx, step, "the RPO is under 2 s again", func(m map[string]float64) bool {
+			v, ok := m["binvault_archive_rpo_seconds"]
+			return ok && v < 2
+		})
 	case "failover":
 		// Promoted at once, or only after binvault's failover_wait
 		// passed with no writable candidate.
@@ -423,4 +428,44 @@ func indexOf(s []string, x string) int {
 
 func indent(s, prefix string) string {
 	return prefix + strings.ReplaceAll(s, "\n", "\n"+prefix)
+}
+
+// heal restarts what a failed round may have left down (with
+// CHAOS_KEEP_GOING=1): the store, its proxy, the DR replica, the daemon.
+func (c *chaos) heal(ctx context.Context) error {
+	if err := c.s3.Start(); err != nil && !strings.Contains(err.Error(), "already running") {
+		return err
+	}
+	for _, s := range []string{"upstream", "downstream"} {
+		c.s3proxy.Toxics.RemoveToxic(ctx, "blackhole_"+s)
+	}
+	if !c.s3proxy.Enabled {
+		if err := c.s3proxy.Start(); err != nil {
+			return err
+		}
+	}
+	if c.replica.PID() == 0 {
+		if err := c.replica.Start(); err != nil {
+			return err
+		}
+	}
+	if c.daemon == nil || c.daemon.exited() {
+		return c.startDaemon(ctx)
+	}
+	return nil
+}
+
+// recovery reports how long after the fault ended the daemon's metrics
+// showed it recovered (at most 90 s; the checks judge, this only measures).
+func (c *chaos) recovery(ctx context.Context, step func(string, ...any), what string, cond func(map[string]float64) bool) {
+	t := time.Now()
+	err := waitFor(ctx, 90*time.Second, what, func() (bool, error) {
+		m, err := scrape(ctx, c.web)
+		return err == nil && cond(m), nil
+	})
+	if err != nil {
+		step("not recovered 90 s after the fault ended: %v", err)
+		return
+	}
+	step("%s %.1fs after the fault ended", what, time.Since(t).Seconds())
 }
