@@ -33,6 +33,8 @@ const (
 	// downstream), so that the standby, replicating directly, always has a
 	// transaction before binvault does: otherwise binvault may archive a
 	// transaction the standby never got, and rightly refuse to follow it.
+	// The failover fault cuts the proxy (dropping what it holds) before it
+	// kills the primary.
 	sourceLatency = 50
 	// failoverWait is source.failover_wait in the daemon's configuration.
 	failoverWait = 5 * time.Second

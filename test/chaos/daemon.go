@@ -75,7 +75,11 @@ func (c *chaos) startDaemon(ctx context.Context) error {
 		return err
 	}
 	fmt.Fprintf(logf, "=== chaos: binvault run started at %s\n", time.Now().Format(time.RFC3339Nano))
-	cmd := exec.Command(c.bin, "run", "--config", c.cfg, "--log-format", "json")
+	args := []string{"run", "--config", c.cfg, "--log-format", "json"}
+	if lvl := os.Getenv("CHAOS_DAEMON_LOG_LEVEL"); lvl != "" {
+		args = append(args, "--log-level", lvl) // e.g. debug, to follow a failure
+	}
+	cmd := exec.Command(c.bin, args...)
 	cmd.Env = append(os.Environ(), c.env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -63,6 +63,7 @@ environment:
                           binvault supports; failover needs a multi-host source.dsn)
   CHAOS_KEEP_GOING=1      run the remaining rounds after a failed one
   CHAOS_ROUND_TIMEOUT=3m  the bound on one round, checks included
+  CHAOS_DAEMON_LOG_LEVEL  binvault run's --log-level (e.g. debug)
 `, strings.Join(faultKinds, ","))
 		flag.PrintDefaults()
 	}

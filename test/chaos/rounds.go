@@ -124,7 +124,18 @@ func (c *chaos) round(parent context.Context, n, rounds int, kind string, timeou
 		step("fault: %s", res.detail)
 		t := time.Now()
 		oldPrimary = c.primary
-		if err := c.primary.Kill(); err != nil {
+		// binvault's link to the primary is cut first: the proxy drops
+		// what it holds back (the last sourceLatency of stream), so the
+		// standby, replicating directly, has everything binvault has (the
+		// latency toxic alone delivers what it holds even after the
+		// primary died). The proxy listens again at once: binvault's
+		// connections to the dead primary then fail as they would.
+		c.primary.proxy.Stop()
+		err := c.primary.Kill()
+		if perr := c.primary.proxy.Start(); perr != nil {
+			return fail("restarting the proxy to the dead primary", perr)
+		}
+		if err != nil {
 			return fail("killing the primary", err)
 		}
 		if err := sleep(ctx, delay); err != nil {
