@@ -52,6 +52,8 @@ type SourceOptions struct {
 	// Heartbeat is the primary's heartbeat period; the link is declared dead
 	// after three missed heartbeats.
 	Heartbeat time.Duration
+	// SemiSync is source.semi_sync: off, spool or store.
+	SemiSync string
 	// Retry is the reconnect backoff (zero: retry.Default).
 	Retry   retry.Policy
 	Metrics *metrics.Metrics
@@ -71,6 +73,10 @@ type Source struct {
 	// refusal is why no host could be followed at the last failover
 	// attempt, logged once per change.
 	refusal string
+	// semi counts acknowledgements (nil when semi-sync is off); acks
+	// answers the current connection's requests.
+	semi *semiSyncStats
+	acks atomic.Pointer[acker]
 }
 
 // Primary is the server streamed from now.
@@ -112,6 +118,15 @@ func Preflight(ctx context.Context, o SourceOptions) (dbconn.ServerInfo, archive
 	}
 	if err := checkPrivileges(ctx, db, o); err != nil {
 		return si, archive.Source{}, err
+	}
+	if o.SemiSync != "" && o.SemiSync != SemiSyncOff {
+		problems, warnings := si.SemiSyncProblems(o.SemiSync)
+		if len(problems) > 0 {
+			return si, archive.Source{}, usage.Errorf("source %s: %s", o.DSN, problems[0])
+		}
+		for _, w := range warnings {
+			o.Log.Warn("semi-sync: "+w, "primary", o.DSN.String())
+		}
 	}
 	if si.ServerID == o.ServerID {
 		return si, archive.Source{}, usage.Errorf("source.server_id %d is the primary's own server_id: choose an id no server or replica uses", o.ServerID)
@@ -258,6 +273,10 @@ func NewSource(o SourceOptions, info dbconn.ServerInfo, spool *Spool) *Source {
 		o.Retry = p
 	}
 	s := &Source{opts: o, spool: spool, info: info}
+	if o.SemiSync != "" && o.SemiSync != SemiSyncOff {
+		s.semi = &semiSyncStats{mode: o.SemiSync, metrics: o.Metrics}
+		o.Metrics.SemiSyncMode.WithLabelValues(o.SemiSync).Set(1)
+	}
 	d := o.DSN
 	s.primary.Store(&d)
 	return s
@@ -273,6 +292,11 @@ func (s *Source) Run(ctx context.Context) error {
 	m := s.opts.Metrics
 	b := s.opts.Retry.Start()
 	var lost time.Time // when the stream was lost; zero while it works
+	if s.semi != nil {
+		wctx, stop := context.WithCancel(ctx)
+		defer stop()
+		go s.watchSemiSync(wctx)
+	}
 	for {
 		s.connected.Store(false)
 		err := s.stream(ctx)
@@ -290,6 +314,11 @@ func (s *Source) Run(ctx context.Context) error {
 		}
 		if aerr := s.spool.Abort(); aerr != nil {
 			return fmt.Errorf("spool: %w", aerr)
+		}
+		// What arrived goes to the store now: the primary may be gone for
+		// good, and its last transactions with it everywhere but here.
+		if ferr := s.spool.Flush(); ferr != nil {
+			return fmt.Errorf("spool: %w", ferr)
 		}
 		if wasConnected || lost.IsZero() {
 			lost = time.Now()
@@ -390,7 +419,11 @@ func (s *Source) stream(ctx context.Context) error {
 	if o.DSN.TLSMode == "preferred" {
 		tlsCfg = nil // go-mysql has no "preferred": stay plain, as the SQL driver does without server TLS
 	}
-	syncer := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
+	var acks *acker
+	if s.semi != nil {
+		acks = newAcker(s.semi.mode, s.spool, s.info.ServerID, s.semi, o.Log)
+	}
+	cfg := replication.BinlogSyncerConfig{
 		ServerID:                       o.ServerID,
 		Flavor:                         s.info.Flavor,
 		Host:                           o.DSN.Host,
@@ -408,11 +441,27 @@ func (s *Source) stream(ctx context.Context) error {
 		Logger:                         slog.New(slog.DiscardHandler),
 		RowsEventDecodeFunc:            func(e *replication.RowsEvent, data []byte) error { _, err := e.DecodeHeader(data); return err },
 		TableMapOptionalMetaDecodeFunc: func([]byte) error { return nil },
-	})
+	}
+	if acks != nil {
+		cfg.SemiSyncEnabled, cfg.Option = true, acks.install
+	}
+	syncer := replication.NewBinlogSyncer(cfg)
 	defer syncer.Close()
 	streamer, err := syncer.StartSyncGTID(set.Raw())
 	if err != nil {
 		return s.explain(err, pos)
+	}
+	if acks != nil {
+		actx, cancel := context.WithCancelCause(ctx)
+		defer cancel(nil)
+		ctx = actx
+		s.acks.Store(acks)
+		defer s.acks.Store(nil)
+		go func() {
+			if err := acks.run(actx); err != nil {
+				cancel(err)
+			}
+		}()
 	}
 	o.Log.Info("streaming from the primary", "primary", o.DSN.String(), "from", pos.String())
 	m := o.Metrics
@@ -421,6 +470,9 @@ func (s *Source) stream(ctx context.Context) error {
 	for {
 		ev, err := s.next(ctx, streamer)
 		if err != nil {
+			if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+				err = cause // the acknowledgements failed: the connection did
+			}
 			return s.explain(err, pos)
 		}
 		if ev == nil {
@@ -446,6 +498,14 @@ func (s *Source) stream(ctx context.Context) error {
 		}
 		if n := s.spool.txnCount() - before; n > 0 {
 			m.SourceTransactions.Add(float64(n))
+			if acks != nil {
+				if acks.mode == SemiSyncSpool {
+					end, _, _ := s.spool.End()
+					acks.madeDurable(binlogPos{file: end.File, pos: uint64(end.Pos)})
+				} else {
+					acks.poke() // a request may wait for this transaction's segment
+				}
+			}
 		}
 	}
 }

@@ -61,6 +61,9 @@ type Spool struct {
 	grouper binlog.Grouper
 	txnOpen bool // a transaction's events are being written
 	txns    uint64
+	// closeAtCommit closes the open segment at the end of the transaction
+	// being written (CloseNow during a transaction).
+	closeAtCommit bool
 
 	// A closed segment is removed once the archiver has stored it: an
 	// applier that falls further behind reads it from the archive, so a
@@ -544,10 +547,33 @@ func (s *Spool) commitLocked(t *binlog.Txn) error {
 	o.meta.End = binlog.Position{GTIDSet: o.set.String(), File: s.curFile, Pos: t.EndLogPos}
 	s.end, s.endSet = o.meta.End, o.set.Clone()
 	s.notifyLocked()
-	if d := s.deadlineLocked(); o.committed >= s.limits.SegmentMaxBytes || !d.IsZero() && !time.Now().Before(d) {
+	if d := s.deadlineLocked(); s.closeAtCommit || o.committed >= s.limits.SegmentMaxBytes || !d.IsZero() && !time.Now().Before(d) {
 		return s.closeOpenLocked()
 	}
 	return nil
+}
+
+// CloseNow closes the open segment now, or at the end of the transaction
+// being written: semi-sync store mode acknowledges a transaction once its
+// segment is stored.
+func (s *Spool) CloseNow() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.open == nil {
+		return nil
+	}
+	if s.txnOpen {
+		s.closeAtCommit = true
+		return nil
+	}
+	return s.closeOpenLocked()
+}
+
+// Unarchived reports whether a closed segment waits for the archiver.
+func (s *Spool) Unarchived() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.closed) > 0 && s.closed[len(s.closed)-1].Seq > s.archived
 }
 
 // deadlineLocked is when the open segment must close: FlushInterval after
@@ -683,6 +709,7 @@ func (s *Spool) closeOpenLocked() error {
 	if o == nil {
 		return nil
 	}
+	s.closeAtCommit = false
 	if s.txnOpen {
 		return errors.New("cannot close a segment inside a transaction")
 	}

@@ -19,7 +19,8 @@ import (
 // failoverSetup is a primary A with a native GTID replica B, binvault
 // streaming from "A,B" (A through a 30 ms proxy, so B always receives a
 // transaction before binvault does), applying to C and serving native
-// replica D.
+// replica D. With semiSync, A and B wait for semi-sync acknowledgements
+// (up to 2 s) and binvault gives them in spool mode.
 type failoverSetup struct {
 	a, b, c, d *harness.MariaDB
 	cfg        string
@@ -30,11 +31,17 @@ type failoverSetup struct {
 	serveAddr  string
 }
 
-func newFailoverSetup(t *testing.T) *failoverSetup {
+func newFailoverSetup(t *testing.T, semiSync bool) *failoverSetup {
 	t.Helper()
+	var semi []string
+	source := []string{"failover_wait: 3s"}
+	if semiSync {
+		semi = []string{"--rpl-semi-sync-master-enabled=ON", "--rpl-semi-sync-master-wait-point=AFTER_SYNC", "--rpl-semi-sync-master-timeout=2000"}
+		source = append(source, "semi_sync: spool")
+	}
 	ms := startServers(t,
-		serverSpec{"a", harness.MariaDBOptions{}},
-		serverSpec{"b", harness.MariaDBOptions{Extra: []string{"--read-only=ON"}}},
+		serverSpec{"a", harness.MariaDBOptions{Extra: semi}},
+		serverSpec{"b", harness.MariaDBOptions{Extra: append([]string{"--read-only=ON"}, semi...)}},
 		serverSpec{"c", harness.MariaDBOptions{Extra: []string{"--read-only=ON"}}},
 		serverSpec{"d", nativeOpts("optimistic")})
 	a, b, c, d := ms[0], ms[1], ms[2], ms[3]
@@ -66,7 +73,7 @@ func newFailoverSetup(t *testing.T) *failoverSetup {
 	pw := "serve-pw"
 	t.Setenv("BINVAULT_TEST_SERVE_PW", pw)
 	cfg := writeS3ConfigWith(t, s3, s3Config{dsn: "mysql://repl:repl-pw@" + proxy.Listen + "," + b.Addr(), prefix: "archive", listen: ports[0],
-		source: []string{"failover_wait: 3s"},
+		source: source,
 		extra: []string{"archive:\n  segment_max_bytes: 1MiB",
 			"replica:\n  dsn: mysql://applier:applier-pw@" + c.Addr(),
 			"serve:\n  listen: " + ports[1] + "\n  users:\n    - name: repl\n      password_env: BINVAULT_TEST_SERVE_PW"}})
@@ -133,7 +140,7 @@ func segmentSources(t testing.TB, env []string, cfg string) []int {
 // primary without any CHANGE MASTER, and a restore of the archive's latest
 // point equals it too.
 func TestFailoverFollowsThePromotedReplica(t *testing.T) {
-	f := newFailoverSetup(t)
+	f := newFailoverSetup(t, true)
 	a, b := f.a, f.b
 	if r := binvault(t, f.env, "backup", "--config", f.cfg); r.code != 0 {
 		t.Fatalf("backup: %s", r)
@@ -149,6 +156,9 @@ func TestFailoverFollowsThePromotedReplica(t *testing.T) {
 
 	l := startLoad(t, a, 3, true)
 	time.Sleep(4 * time.Second)
+	if st := semiSyncStatus(t, a); st["clients"] != "1" || statusInt(st, "yes_tx") == 0 {
+		t.Fatalf("A did not commit semi-synchronously with binvault: %v", st)
+	}
 	if err := a.Kill(); err != nil {
 		t.Fatal(err)
 	}
@@ -172,6 +182,11 @@ func TestFailoverFollowsThePromotedReplica(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	time.Sleep(4 * time.Second)
+	// binvault is the new primary's semi-sync replica as it was A's.
+	eventually(t, 20*time.Second, "B to wait for binvault's acknowledgements", func() bool {
+		st := semiSyncStatus(t, b)
+		return st["clients"] == "1" && st["status"] == "ON" && statusInt(st, "yes_tx") > 0
+	})
 	l2.Stop()
 	t.Logf("load: %d transactions on A, %d on B; binvault followed B %.1fs after its promotion", before, l2.commits.Load(), followedAfter.Seconds())
 	// failover_wait (3 s) from the loss, then a probe at most every second.
@@ -252,7 +267,7 @@ func metricFromLog(d *daemon, msg string) int { return strings.Count(d.log.Strin
 // replication was stopped) is refused, naming them; binvault keeps
 // running and waiting, and archives nothing of it.
 func TestFailoverRefusesACandidateMissingArchivedTransactions(t *testing.T) {
-	f := newFailoverSetup(t)
+	f := newFailoverSetup(t, false)
 	a, b := f.a, f.b
 	d := startDaemon(t, f.env, "--config", f.cfg)
 	eventually(t, 20*time.Second, "the daemon to stream", func() bool {

@@ -131,7 +131,7 @@ func (d *daemon) setup(ctx context.Context, ro runOptions) error {
 		d.log.Warn("--accept-lost-transactions: a new primary that lacks archived transactions is followed anyway, and the archive records the fork")
 	}
 	so := replicator.SourceOptions{DSN: hosts[0], Hosts: hosts, FailoverWait: cfg.Source.FailoverWait.D(), AcceptLost: ro.acceptLost,
-		ServerID: cfg.Source.ServerID, Label: "binvault-" + id, Metrics: d.metrics, Log: d.log}
+		ServerID: cfg.Source.ServerID, Label: "binvault-" + id, SemiSync: cfg.Source.SemiSync, Metrics: d.metrics, Log: d.log}
 	if len(hosts) > 1 {
 		if so.DSN, err = replicator.PickPrimary(ctx, so); err != nil {
 			return err
@@ -170,7 +170,11 @@ func (d *daemon) setup(ctx context.Context, ro runOptions) error {
 	d.archiver = archiver.New(d.store, d.spool, archiver.Options{Metrics: d.metrics, Log: d.log,
 		// The state file follows each upload at once, so status never shows
 		// the archive behind what the store already holds.
-		Uploaded: func(archive.Segment) { d.writeState(true) }})
+		// Semi-sync store mode acknowledges what each upload made durable.
+		Uploaded: func(seg archive.Segment) {
+			d.source.Stored(seg.End, seg.Source.ServerID)
+			d.writeState(true)
+		}})
 	d.spool.SetUploadEstimate(d.archiver.UploadEstimate)
 	if r := cfg.Replica; r != nil {
 		rdsn, err := dbconn.Parse(r.DSN)
@@ -523,6 +527,9 @@ func (d *daemon) unready() []string {
 	// error; the RPO says sooner that uploads are not keeping up.
 	if limit := d.rpoLimit(); st.Archive.RPOSeconds > limit.Seconds() {
 		p = append(p, fmt.Sprintf("archive: RPO %.0fs, over %s: the oldest streamed transaction is not archived yet", st.Archive.RPOSeconds, limit))
+	}
+	if msg := d.source.SemiSyncProblem(); msg != "" {
+		p = append(p, msg)
 	}
 	if r := st.Replica; r != nil && !r.Promoted && (r.Stopped || !r.Connected) {
 		p = append(p, "replica applier not running: "+r.LastError)

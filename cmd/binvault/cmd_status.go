@@ -16,6 +16,7 @@ import (
 	"github.com/binvault/binvault/internal/config"
 	"github.com/binvault/binvault/internal/dbconn"
 	"github.com/binvault/binvault/internal/usage"
+	"github.com/binvault/binvault/replicator"
 	"github.com/binvault/binvault/storage"
 	"github.com/binvault/binvault/storage/open"
 )
@@ -26,6 +27,8 @@ type serverStatus struct {
 	*dbconn.ServerInfo
 	Reachable bool     `json:"reachable"`
 	Problems  []string `json:"problems,omitempty"`
+	// Warnings weaken a guarantee without stopping binvault.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 type storeStatus struct {
@@ -125,6 +128,16 @@ func collectStatus(ctx context.Context, cfg *config.Config) (statusReport, int) 
 	}
 	var rep statusReport
 	rep.Source = checkServer(ctx, "source", func() (dbconn.DSN, error) { return primaryDSN(ctx, cfg) }, worse, func(si dbconn.ServerInfo) []string { return si.SourceProblems() })
+	if mode := cfg.Source.SemiSync; mode != replicator.SemiSyncOff && rep.Source.ServerInfo != nil {
+		problems, warnings := rep.Source.ServerInfo.SemiSyncProblems(mode)
+		for _, p := range problems {
+			rep.Source.Problems = append(rep.Source.Problems, "source: "+p)
+			worse(usage.Errorf("%s", p))
+		}
+		for _, w := range warnings {
+			rep.Source.Warnings = append(rep.Source.Warnings, "source: "+w)
+		}
+	}
 	if cfg.Replica != nil {
 		r := checkServer(ctx, "replica", func() (dbconn.DSN, error) {
 			d, err := dbconn.Parse(cfg.Replica.DSN)
@@ -265,6 +278,9 @@ func printStatus(g *globals, rep statusReport) {
 		for _, p := range s.Problems {
 			fmt.Fprintf(g.stdout, "problem: %s\n", p)
 		}
+		for _, w := range s.Warnings {
+			fmt.Fprintf(g.stdout, "warning: %s\n", w)
+		}
 	}
 	server("source", rep.Source)
 	if rep.Replica != nil {
@@ -309,6 +325,9 @@ func printStatus(g *globals, rep statusReport) {
 		fmt.Fprintf(g.stdout, "%-8s stream %s  spooled to %s  %ds behind\n", "", conn, st.Source.Position, st.Source.SecondsBehind)
 		if st.Source.LastError != "" {
 			fmt.Fprintf(g.stdout, "%-8s last stream error: %s\n", "", oneLine(st.Source.LastError))
+		}
+		if ss := st.Source.SemiSync; ss != nil {
+			printSemiSync(g, ss)
 		}
 		fmt.Fprintf(g.stdout, "%-8s spool %s in %d closed segments  archived segment %d at %s  rpo %s\n", "",
 			humanBytes(st.Spool.Bytes), st.Spool.Segments, st.Archive.Segment, st.Archive.Position, roundDur(st.Archive.RPOSeconds))
@@ -356,6 +375,34 @@ func printStatus(g *globals, rep statusReport) {
 	for _, p := range d.Notes {
 		fmt.Fprintf(g.stdout, "note: %s\n", p)
 	}
+}
+
+// printSemiSync shows binvault's acknowledgements and whether the
+// primary waits for them.
+func printSemiSync(g *globals, ss *replicator.SemiSyncStatus) {
+	fmt.Fprintf(g.stdout, "%-8s semi-sync %s: %d acknowledgement(s) for %d transaction(s), last after %s, %d waiting\n", "",
+		ss.Mode, ss.Acks, ss.Transactions, time.Duration(ss.LastAckSeconds*float64(time.Second)).Round(10*time.Microsecond), ss.Pending)
+	p := ss.Primary
+	switch {
+	case p.Checked.IsZero():
+		fmt.Fprintf(g.stdout, "%-8s primary's semi-sync not read yet\n", "")
+		return
+	case p.Error != "":
+		fmt.Fprintf(g.stdout, "%-8s primary's semi-sync unknown: %s\n", "", oneLine(p.Error))
+		return
+	}
+	waits := "waits for acknowledgements"
+	switch {
+	case !p.Enabled:
+		waits = "does NOT wait: rpl_semi_sync_master_enabled=OFF"
+	case !p.Active:
+		waits = "does NOT wait: fell back to asynchronous (Rpl_semi_sync_master_status=OFF)"
+	}
+	line := fmt.Sprintf("primary %s (%d semi-sync client(s)); %d fallback(s) and %d commit(s) without acknowledgement seen", waits, p.Clients, p.Fallbacks, p.UnackedCommits)
+	if !p.LastFallback.IsZero() {
+		line += ", last fallback " + p.LastFallback.Format(time.RFC3339)
+	}
+	fmt.Fprintf(g.stdout, "%-8s %s\n", "", line)
 }
 
 func orDash(s string) string {

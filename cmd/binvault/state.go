@@ -8,6 +8,7 @@ import (
 
 	"github.com/binvault/binvault/internal/availability"
 	"github.com/binvault/binvault/internal/binlog"
+	"github.com/binvault/binvault/replicator"
 	"github.com/binvault/binvault/replicator/serve"
 )
 
@@ -27,6 +28,8 @@ type daemonState struct {
 		Position      binlog.Position `json:"position"`
 		SecondsBehind int64           `json:"seconds_behind"`
 		LastError     string          `json:"last_error,omitempty"`
+		// SemiSync: binvault as a semi-synchronous replica (source.semi_sync).
+		SemiSync *replicator.SemiSyncStatus `json:"semi_sync,omitempty"`
 	} `json:"source"`
 	Spool struct {
 		Dir      string `json:"dir"`
@@ -81,6 +84,9 @@ func (d *daemon) state() daemonState {
 	st.Source.Position, _, _ = d.spool.End()
 	st.Source.SecondsBehind = d.source.SecondsBehind()
 	st.Source.LastError = d.source.LastError()
+	if ss := d.source.SemiSync(); ss.Mode != "" {
+		st.Source.SemiSync = &ss
+	}
 	d.mu.Lock()
 	if d.sourceErr != "" {
 		st.Source.LastError = d.sourceErr

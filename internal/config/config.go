@@ -42,6 +42,9 @@ type Source struct {
 	// FailoverWait is how long a lost primary has to come back writable
 	// before binvault looks for another among the DSN's hosts.
 	FailoverWait Duration `yaml:"failover_wait"`
+	// SemiSync makes binvault a semi-synchronous replica: off, spool
+	// (acknowledge once fsync'd in the spool) or store (once in the store).
+	SemiSync string `yaml:"semi_sync"`
 }
 
 type Replica struct {
@@ -297,6 +300,13 @@ func (c *Config) validate(needSource bool, lookup func(string) (string, bool)) e
 			return fail("http.token_file", "the token in %s is %d characters: use at least %d (e.g. openssl rand -hex 32)", c.HTTP.TokenFile, len(c.HTTP.token), minTokenLen)
 		}
 		c.secrets = append(c.secrets, c.HTTP.token)
+	}
+	switch c.Source.SemiSync {
+	case "":
+		c.Source.SemiSync = "off"
+	case "off", "spool", "store":
+	default:
+		return fail("source.semi_sync", "%q: use off, spool (acknowledge once fsync'd in the spool) or store (once the segment is in the store)", c.Source.SemiSync)
 	}
 	if c.Source.FailoverWait < 0 {
 		return fail("source.failover_wait", "must not be negative (default %s)", DefaultFailoverWait)

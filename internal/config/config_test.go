@@ -37,6 +37,9 @@ func TestParseAppliesDefaultsAndExpandsEnv(t *testing.T) {
 	if cfg.Replica != nil {
 		t.Fatal("replica set without a replica section")
 	}
+	if cfg.Source.SemiSync != "off" {
+		t.Fatalf("source.semi_sync defaults to %q, want off", cfg.Source.SemiSync)
+	}
 }
 
 func TestParseErrors(t *testing.T) {
@@ -79,6 +82,7 @@ func TestParseErrors(t *testing.T) {
 		{"serve password file missing", minimal + "serve:\n  listen: 127.0.0.1:3307\n  users:\n    - name: r\n      password_file: /nonexistent/pw\n", []string{"serve.users[0].password_file", "no such file"}},
 		{"serve bad listen", minimal + "serve:\n  listen: 3307\n", []string{"serve.listen", "host:port"}},
 		{"serve tls half", minimal + "serve:\n  listen: 127.0.0.1:3307\n  users:\n    - name: r\n      password_env: API_KEY\n  tls_cert: /x.pem\n", []string{"serve.tls_cert", "together"}},
+		{"semi_sync unknown", minimal + "  semi_sync: on\n", []string{"source.semi_sync", `"on"`, "off, spool", "store"}},
 		{"lag zero", minimal + "http:\n  max_replica_lag: 0s\n", []string{"http.max_replica_lag", "positive"}},
 	}
 	for _, c := range cases {

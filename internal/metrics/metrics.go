@@ -19,6 +19,15 @@ type Metrics struct {
 	SourceConnected     prometheus.Gauge
 	SourceSecondsBehind prometheus.Gauge
 
+	SemiSyncMode           *prometheus.GaugeVec // mode=spool|store
+	SemiSyncAcks           prometheus.Counter
+	SemiSyncAckSeconds     prometheus.Histogram
+	SemiSyncPending        prometheus.Gauge
+	SemiSyncPrimaryActive  prometheus.Gauge
+	SemiSyncPrimaryClients prometheus.Gauge
+	SemiSyncFallbacks      prometheus.Counter
+	SemiSyncUnacked        prometheus.Counter
+
 	ArchiveSegments       prometheus.Counter
 	ArchiveTransactions   prometheus.Counter
 	ArchiveBytes          prometheus.Counter
@@ -62,6 +71,19 @@ func New() *Metrics {
 	m.SourceFailovers = counter("source_failovers_total", "Times binvault followed a new primary among source.dsn's hosts.")
 	m.SourceConnected = gauge("source_connected", "1 while the binlog stream is connected.")
 	m.SourceSecondsBehind = gauge("source_seconds_behind", "Seconds between the newest event's timestamp and now when it arrived; 0 when caught up (heartbeat).")
+	m.SemiSyncMode = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "binvault", Name: "semisync_mode",
+		Help: "1 for the semi-synchronous mode binvault runs in (source.semi_sync: spool or store); absent when off."}, []string{"mode"})
+	f(m.SemiSyncMode)
+	m.SemiSyncAcks = counter("semisync_acks_total", "Semi-sync acknowledgements sent to the primary (each covers every request before it).")
+	m.SemiSyncAckSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "binvault", Name: "semisync_ack_delay_seconds",
+		Help:    "Time from the primary's acknowledgement request (the transaction's last event received) to binvault's acknowledgement, once the transaction was durable; one observation per request.",
+		Buckets: prometheus.ExponentialBuckets(0.0002, 2, 16)})
+	f(m.SemiSyncAckSeconds)
+	m.SemiSyncPending = gauge("semisync_pending_requests", "Acknowledgement requests waiting for their transaction to be durable.")
+	m.SemiSyncPrimaryActive = gauge("semisync_primary_active", "1 while the primary waits for semi-sync acknowledgements (Rpl_semi_sync_master_status ON, rpl_semi_sync_master_enabled ON); 0 when it commits asynchronously.")
+	m.SemiSyncPrimaryClients = gauge("semisync_primary_clients", "Semi-sync replicas the primary counts (Rpl_semi_sync_master_clients), binvault included.")
+	m.SemiSyncFallbacks = counter("semisync_primary_fallbacks_total", "Times the primary fell back to asynchronous replication (Rpl_semi_sync_master_no_times), seen while binvault ran.")
+	m.SemiSyncUnacked = counter("semisync_primary_unacknowledged_commits_total", "Commits the primary made without a semi-sync acknowledgement (Rpl_semi_sync_master_no_tx), seen while binvault ran.")
 	m.ArchiveSegments = counter("archive_segments_total", "Segments uploaded.")
 	m.ArchiveTransactions = counter("archive_transactions_total", "Transactions in uploaded segments.")
 	m.ArchiveBytes = counter("archive_bytes_total", "Compressed bytes uploaded for segments.")
