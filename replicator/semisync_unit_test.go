@@ -139,7 +139,7 @@ func TestAckerStoreModeTakesStoredSegmentsOfItsPrimary(t *testing.T) {
 	a, primary := newTestAcker(t, SemiSyncStore)
 	a.gate.Write(goMySQLAck(binlogPos{"mariadb-bin.000001", 800}))
 	a.stored(8, binlog.Position{File: "mariadb-bin.000001", Pos: 900}) // another server's binlog
-	a.madeDurable(binlogPos{})                                       // no file: ignored
+	a.madeDurable(binlogPos{})                                         // no file: ignored
 	if err := a.answer(); err != nil {
 		t.Fatal(err)
 	}
