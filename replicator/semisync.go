@@ -366,6 +366,8 @@ func (s *Source) SemiSyncProblem() string {
 		return ""
 	case !p.Enabled:
 		return "semi-sync: the primary has rpl_semi_sync_master_enabled=OFF, so commits do not wait for binvault: SET GLOBAL rpl_semi_sync_master_enabled=ON on it"
+	case p.Clients == 0:
+		return "semi-sync: the primary counts no semi-sync replica, so commits do not wait for binvault (binvault connects again to register)"
 	case !p.Active:
 		return "semi-sync: the primary fell back to asynchronous replication (Rpl_semi_sync_master_status=OFF): commits do not wait for binvault until it has caught up"
 	}
@@ -379,6 +381,9 @@ func (s *Source) watchSemiSync(ctx context.Context) {
 		addr   string
 		tick   = time.NewTicker(time.Second)
 		logged string
+		// unregistered counts readings in a row where the primary waits
+		// for semi-sync replicas but counts none while binvault streams.
+		unregistered int
 	)
 	defer tick.Stop()
 	defer func() {
@@ -419,8 +424,23 @@ func (s *Source) watchSemiSync(ctx context.Context) {
 			m.SemiSyncFallbacks.Add(float64(w.fellBack))
 			m.SemiSyncUnacked.Add(float64(w.unacked))
 			if w.fellBack > 0 {
-				s.opts.Log.Warn("semi-sync: the primary fell back to asynchronous replication: a commit waited longer than rpl_semi_sync_master_timeout for an acknowledgement", "primary", d.String(), "times", w.fellBack, "active_now", p.Active)
+				s.opts.Log.Warn("semi-sync: the primary switched to asynchronous commits (Rpl_semi_sync_master_no_times grew): a commit waited longer than rpl_semi_sync_master_timeout for an acknowledgement, or semi-sync was turned off", "primary", d.String(), "times", w.fellBack, "active_now", p.Active)
 			}
+		}
+		// A primary that had semi-sync off when binvault connected never
+		// counted binvault as a semi-sync replica (go-mysql registers only
+		// then): once it has semi-sync on, connect again.
+		if err == nil && p.Enabled && p.Clients == 0 && s.Connected() {
+			unregistered++
+		} else {
+			unregistered = 0
+		}
+		if unregistered == 3 {
+			if r := s.restart.Load(); r != nil {
+				s.opts.Log.Warn("semi-sync: the primary does not count binvault as a semi-sync replica (it had semi-sync off when binvault connected); connecting again", "primary", d.String())
+				(*r)(errReregister)
+			}
+			unregistered = 0
 		}
 		if msg := s.SemiSyncProblem(); msg != logged {
 			if msg != "" {
@@ -444,6 +464,8 @@ func b2f(b bool) float64 {
 	}
 	return 0
 }
+
+var errReregister = errors.New("connecting again to register as a semi-sync replica")
 
 var errNoSemiSyncStatus = errors.New("the primary reports no semi-sync status (Rpl_semi_sync_master_status)")
 

@@ -77,6 +77,8 @@ type Source struct {
 	// answers the current connection's requests.
 	semi *semiSyncStats
 	acks atomic.Pointer[acker]
+	// restart ends the current connection (the stream starts again).
+	restart atomic.Pointer[context.CancelCauseFunc]
 }
 
 // Primary is the server streamed from now.
@@ -451,14 +453,16 @@ func (s *Source) stream(ctx context.Context) error {
 	if err != nil {
 		return s.explain(err, pos)
 	}
+	sctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	ctx = sctx
+	s.restart.Store(&cancel)
+	defer s.restart.Store(nil)
 	if acks != nil {
-		actx, cancel := context.WithCancelCause(ctx)
-		defer cancel(nil)
-		ctx = actx
 		s.acks.Store(acks)
 		defer s.acks.Store(nil)
 		go func() {
-			if err := acks.run(actx); err != nil {
+			if err := acks.run(sctx); err != nil {
 				cancel(err)
 			}
 		}()
@@ -471,7 +475,7 @@ func (s *Source) stream(ctx context.Context) error {
 		ev, err := s.next(ctx, streamer)
 		if err != nil {
 			if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
-				err = cause // the acknowledgements failed: the connection did
+				err = cause // the acknowledgements failed, or a restart was asked for
 			}
 			return s.explain(err, pos)
 		}

@@ -353,6 +353,15 @@ func TestSemiSyncPreflightFallbackAndReadiness(t *testing.T) {
 	if v := metric(t, base, "binvault_semisync_primary_active"); v != 0 {
 		t.Fatalf("binvault_semisync_primary_active = %v with semi-sync off on the primary", v)
 	}
+	// Back on: binvault is (again) the primary's semi-sync replica by
+	// itself, connecting again if the primary forgot it.
+	p.Exec(t, "SET GLOBAL rpl_semi_sync_master_enabled=ON")
+	acks1 := metric(t, base, "binvault_semisync_acks_total")
+	eventually(t, 30*time.Second, "the primary to wait for binvault again", func() bool {
+		code, _ := httpGet(base, "/readyz")
+		st := semiSyncStatus(t, p)
+		return code == 200 && st["clients"] == "1" && st["status"] == "ON" && metric(t, base, "binvault_semisync_acks_total") > acks1+10
+	})
 	acked := l.Stop()
 	if len(acked) < 20 {
 		t.Fatalf("only %d commits under the load", len(acked))
