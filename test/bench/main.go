@@ -27,6 +27,7 @@ var scenarios = map[string]scenario{
 	"replica":  benchReplica,
 	"restore":  benchRestore,
 	"rpo":      benchRPO,
+	"semisync": benchSemiSync,
 }
 
 // env is what scenarios share: a work directory, the binvault binary, and
