@@ -187,6 +187,15 @@ func (a *acker) request(p binlogPos) {
 	a.poke()
 }
 
+// requestedAfter reports whether a request for a transaction after p
+// has arrived: that transaction is received and on its way to the spool.
+func (a *acker) requestedAfter(p binlogPos) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	n := len(a.pending)
+	return n > 0 && a.pending[n-1].at.cmp(p) > 0
+}
+
 // madeDurable records that the primary's binlog up to p is durable where
 // the mode says.
 func (a *acker) madeDurable(p binlogPos) {

@@ -278,6 +278,12 @@ func NewSource(o SourceOptions, info dbconn.ServerInfo, spool *Spool) *Source {
 	if o.SemiSync != "" && o.SemiSync != SemiSyncOff {
 		s.semi = &semiSyncStats{mode: o.SemiSync, metrics: o.Metrics}
 		o.Metrics.SemiSyncMode.WithLabelValues(o.SemiSync).Set(1)
+		// A transaction whose acknowledgement waits behind a later one
+		// already received shares that one's fsync.
+		spool.SetSyncHint(func(end binlog.Position) bool {
+			a := s.acks.Load()
+			return a != nil && a.requestedAfter(binlogPos{file: end.File, pos: uint64(end.Pos)})
+		})
 	}
 	d := o.DSN
 	s.primary.Store(&d)

@@ -64,6 +64,7 @@ type Spool struct {
 	// closeAtCommit closes the open segment at the end of the transaction
 	// being written (CloseNow during a transaction).
 	closeAtCommit bool
+	syncLater     func(end binlog.Position) bool // SetSyncHint
 
 	// A closed segment is removed once the archiver has stored it: an
 	// applier that falls further behind reads it from the archive, so a
@@ -109,6 +110,14 @@ type openSegment struct {
 	meta      archive.Segment
 	tables    map[string]struct{}
 	set       binlog.GTIDSet // position after the last committed transaction
+	// unsynced are whole transactions written but not fsync'd yet (see
+	// SetSyncHint); a rollback drops them, and the stream sends them again.
+	unsynced []unsyncedTxn
+}
+
+type unsyncedTxn struct {
+	txn  *binlog.Txn
+	file string // the primary's binlog file it ends in
 }
 
 // OpenSpool opens (creating if needed) the spool in dir and recovers it.
@@ -523,34 +532,72 @@ func (s *Spool) createLocked(ts uint32) error {
 	return nil
 }
 
-// commitLocked makes the transaction just written durable and visible.
+// maxUnsynced bounds the whole transactions that wait for one fsync.
+const maxUnsynced = 256
+
+// commitLocked makes the transaction just written durable and visible,
+// with those written before it, unless the sync hint says a later
+// transaction's fsync is about to cover it.
 func (s *Spool) commitLocked(t *binlog.Txn) error {
 	o := s.open
 	s.txnOpen = false
+	o.unsynced = append(o.unsynced, unsyncedTxn{t, s.curFile})
+	if s.syncLater != nil && len(o.unsynced) < maxUnsynced && !s.closeAtCommit &&
+		s.syncLater(binlog.Position{File: s.curFile, Pos: t.EndLogPos}) {
+		return nil
+	}
+	if err := s.syncLocked(); err != nil {
+		return err
+	}
+	if d := s.deadlineLocked(); s.closeAtCommit || o.committed >= s.limits.SegmentMaxBytes || !d.IsZero() && !time.Now().Before(d) {
+		return s.closeOpenLocked()
+	}
+	return nil
+}
+
+// syncLocked makes the whole transactions written since the last fsync
+// durable and visible to consumers.
+func (s *Spool) syncLocked() error {
+	o := s.open
+	if len(o.unsynced) == 0 {
+		return nil
+	}
 	if err := o.w.Flush(); err != nil {
 		return fmt.Errorf("spool write: %w", err)
 	}
 	if err := o.f.Sync(); err != nil {
 		return fmt.Errorf("spool fsync: %w", err)
 	}
-	if err := o.set.Add(t.GTID); err != nil {
-		return fmt.Errorf("GTID %s: %w", t.GTID, err)
+	for _, u := range o.unsynced {
+		t := u.txn
+		if err := o.set.Add(t.GTID); err != nil {
+			return fmt.Errorf("GTID %s: %w", t.GTID, err)
+		}
+		o.committed += t.Bytes
+		if o.meta.Txns == 0 {
+			o.arrived = time.Now()
+		}
+		o.addTxn(t)
+		s.txns++
+		o.meta.End = binlog.Position{File: u.file, Pos: t.EndLogPos}
 	}
-	o.committed += t.Bytes
+	o.unsynced = o.unsynced[:0]
 	o.durable = o.committed
 	o.hashState = marshalHash(o.h)
-	if o.meta.Txns == 0 {
-		o.arrived = time.Now()
-	}
-	o.addTxn(t)
-	s.txns++
-	o.meta.End = binlog.Position{GTIDSet: o.set.String(), File: s.curFile, Pos: t.EndLogPos}
+	o.meta.End.GTIDSet = o.set.String()
 	s.end, s.endSet = o.meta.End, o.set.Clone()
 	s.notifyLocked()
-	if d := s.deadlineLocked(); s.closeAtCommit || o.committed >= s.limits.SegmentMaxBytes || !d.IsZero() && !time.Now().Before(d) {
-		return s.closeOpenLocked()
-	}
 	return nil
+}
+
+// SetSyncHint lets whole transactions wait for a later one's fsync while
+// later(end) says that one has already arrived (semi-sync spool mode: a
+// later transaction's acknowledgement request is in): one fsync then
+// makes a burst of commits durable, as the primary's group commit does.
+func (s *Spool) SetSyncHint(later func(end binlog.Position) bool) {
+	s.mu.Lock()
+	s.syncLater = later
+	s.mu.Unlock()
 }
 
 // CloseNow closes the open segment now, or at the end of the transaction
@@ -650,6 +697,7 @@ func (s *Spool) Abort() error {
 
 // rollback drops what was written after the last whole transaction.
 func (o *openSegment) rollback() error {
+	o.unsynced = o.unsynced[:0]
 	o.w.Reset(o.f)
 	if err := o.f.Truncate(o.committed); err != nil {
 		return err
@@ -712,6 +760,9 @@ func (s *Spool) closeOpenLocked() error {
 	s.closeAtCommit = false
 	if s.txnOpen {
 		return errors.New("cannot close a segment inside a transaction")
+	}
+	if err := s.syncLocked(); err != nil {
+		return err
 	}
 	if err := o.w.Flush(); err != nil {
 		return err

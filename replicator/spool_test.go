@@ -364,3 +364,72 @@ func TestSpoolClosesByRPODeadline(t *testing.T) {
 		t.Fatalf("closed after segment 1: %+v, want one segment of 1 transaction", c)
 	}
 }
+
+// With a sync hint, whole transactions wait for a later one's fsync:
+// none of them is visible (End, Locate) before it, all are after it, and
+// a broken stream drops them all so that the primary sends them again.
+func TestSpoolSyncHintGroupsCommits(t *testing.T) {
+	evs := primaryEvents(t, 10)
+	ends := txnEnds(t, evs)
+	s := openTestSpool(t, t.TempDir(), SpoolLimits{SegmentMaxBytes: 1 << 20, FlushInterval: time.Hour})
+	s.Start(binlog.Position{}, 1)
+	lastEnd := evs[ends[len(ends)-1]-1].Header.LogPos
+	defer func() { s.Close() }()
+	// Transactions 1..4 wait; the fifth syncs the five.
+	s.SetSyncHint(func(end binlog.Position) bool { return end.Pos < evs[ends[4]-1].Header.LogPos })
+	for i, ev := range evs[:ends[3]] {
+		if err := s.Append(ev); err != nil {
+			t.Fatalf("event %d: %v", i, err)
+		}
+	}
+	if end, _, _ := s.End(); end.GTIDSet != "" || s.txnCount() != 0 {
+		t.Fatalf("before the grouping fsync: End %v, %d transactions visible", end, s.txnCount())
+	}
+	if _, _, durable, ok := s.Locate(1); !ok || durable != 0 {
+		t.Fatalf("segment 1 readable up to %d before the fsync", durable)
+	}
+	for _, ev := range evs[ends[3]:ends[4]] {
+		if err := s.Append(ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gtids, _, _ := groupTxns(t, evs[:ends[4]])
+	end, _, _ := s.End()
+	if s.txnCount() != 5 || end.GTIDSet != gtids[4] || end.Pos != evs[ends[4]-1].Header.LogPos {
+		t.Fatalf("after the fifth transaction: %d visible, End %v; want 5, %s at %d", s.txnCount(), end, gtids[4], evs[ends[4]-1].Header.LogPos)
+	}
+	// Transactions 6..8 wait, then the stream breaks: they are dropped,
+	// and the spool still ends after the fifth.
+	s.SetSyncHint(func(binlog.Position) bool { return true })
+	for _, ev := range evs[ends[4]:ends[7]] {
+		if err := s.Append(ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Abort(); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, _ := s.End(); got.GTIDSet != end.GTIDSet || s.txnCount() != 5 {
+		t.Fatalf("after Abort: End %v, %d visible; want %s, 5", got, s.txnCount(), end.GTIDSet)
+	}
+	// Sent again, then the segment closes (Flush): closing syncs them.
+	for _, ev := range evs[ends[4]:] {
+		if err := s.Append(ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	segs := s.Closed(0)
+	if len(segs) != 1 || segs[0].Txns != len(ends) || segs[0].End.Pos != lastEnd {
+		t.Fatalf("closed segments %+v: want one of %d transactions ending at %d", segs, len(ends), lastEnd)
+	}
+	b, err := os.ReadFile(s.SegmentPath(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum := sha256.Sum256(b); hex.EncodeToString(sum[:]) != segs[0].SHA256 || int64(len(b)) != segs[0].Bytes {
+		t.Fatalf("segment file (%d bytes) does not match its manifest (%d bytes, %s)", len(b), segs[0].Bytes, segs[0].SHA256)
+	}
+}
