@@ -39,7 +39,11 @@ func semiSyncPrimary(t *testing.T, name string, enabled bool, waitPoint string, 
 // semiSyncStatus reads the primary's Rpl_semi_sync_master_* counters.
 func semiSyncStatus(t testing.TB, p *harness.MariaDB) map[string]string {
 	t.Helper()
-	db := p.DB(t)
+	db, err := p.Open("") // closed here: tests poll this many times a second
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
 	rows, err := db.Query("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_%'")
 	if err != nil {
 		t.Fatal(err)

@@ -266,18 +266,25 @@ func (c *chaos) cli(ctx context.Context, timeout time.Duration, name string, arg
 	return r, nil
 }
 
-// takeBackup runs `binvault backup` and returns the backup's id.
+// takeBackup runs `binvault backup` and returns the backup's id. A backup
+// that a concurrent DDL of the load made refuse itself ("changed by DDL
+// during the backup: run the backup again") is run again, as its message
+// says, up to three times.
 func (c *chaos) takeBackup(ctx context.Context) (string, time.Duration, error) {
-	c.backups++
 	t0 := time.Now()
-	r, err := c.cli(ctx, 2*time.Minute, fmt.Sprintf("backup-%d", c.backups), "backup", "--config", c.cfg)
-	if err != nil {
-		return "", 0, err
+	for try := 1; ; try++ {
+		c.backups++
+		r, err := c.cli(ctx, 2*time.Minute, fmt.Sprintf("backup-%d", c.backups), "backup", "--config", c.cfg)
+		if err != nil {
+			return "", 0, err
+		}
+		if r.code == 0 {
+			return strings.TrimSpace(r.stdout), time.Since(t0), nil
+		}
+		if try == 3 || !strings.Contains(r.stderr, "changed by DDL during the backup") {
+			return "", 0, fmt.Errorf("binvault backup: %s", r)
+		}
 	}
-	if r.code != 0 {
-		return "", 0, fmt.Errorf("binvault backup: %s", r)
-	}
-	return strings.TrimSpace(r.stdout), time.Since(t0), nil
 }
 
 var httpClient = &http.Client{Timeout: 2 * time.Second}
