@@ -149,7 +149,9 @@ type acker struct {
 	spool   *Spool
 	server  uint32 // the primary's server_id: store positions name its binlog
 	log     *slog.Logger
+	sendMu  sync.Mutex // held by answer
 	mu      sync.Mutex
+	err     error        // an answer that failed (the connection did)
 	pending []ackRequest // in stream order
 	durable binlogPos
 	hasDur  bool
@@ -184,7 +186,27 @@ func (a *acker) request(p binlogPos) {
 	a.pending = append(a.pending, ackRequest{at: p, since: time.Now()})
 	a.stats.setPending(len(a.pending))
 	a.mu.Unlock()
+	a.settle()
+}
+
+// settle answers at once what is answerable (in spool mode: the
+// transaction may be durable already) and wakes the run loop for the
+// rest, without a goroutine hop on the way to the primary.
+func (a *acker) settle() {
+	if a.mode == SemiSyncSpool {
+		if err := a.answer(); err != nil {
+			a.fail(err)
+		}
+	}
 	a.poke()
+}
+
+func (a *acker) fail(err error) {
+	a.mu.Lock()
+	if a.err == nil {
+		a.err = err
+	}
+	a.mu.Unlock()
 }
 
 // requestedAfter reports whether a request for a transaction after p
@@ -207,7 +229,7 @@ func (a *acker) madeDurable(p binlogPos) {
 		a.durable, a.hasDur = p, true
 	}
 	a.mu.Unlock()
-	a.poke()
+	a.settle()
 }
 
 // stored is the archiver's report of a segment in the store.
@@ -225,6 +247,12 @@ func (a *acker) run(ctx context.Context) error {
 			return nil
 		case <-a.wake:
 		}
+		a.mu.Lock()
+		err := a.err
+		a.mu.Unlock()
+		if err != nil {
+			return err
+		}
 		if err := a.answer(); err != nil {
 			return err
 		}
@@ -238,6 +266,9 @@ func (a *acker) run(ctx context.Context) error {
 
 // answer acknowledges the newest request at or before the durable point.
 func (a *acker) answer() error {
+	// One answer at a time, so acknowledgements leave in order.
+	a.sendMu.Lock()
+	defer a.sendMu.Unlock()
 	a.mu.Lock()
 	n := 0
 	for n < len(a.pending) && a.hasDur && a.pending[n].at.cmp(a.durable) <= 0 {

@@ -104,16 +104,14 @@ func TestAckerAnswersOnlyWhatIsDurable(t *testing.T) {
 	}
 	// Durable through p2 (the last transaction of file 3): one answer,
 	// for p2, covering p1.
-	a.madeDurable(binlogPos{"mariadb-bin.000003", 1900})
-	done := make(chan error, 1)
-	go func() { done <- a.answer() }()
+	// (Spool mode answers from the goroutine that made it durable.)
+	done := make(chan struct{})
+	go func() { a.madeDurable(binlogPos{"mariadb-bin.000003", 1900}); close(done) }()
 	seq, payload, ok := readPacket(t, primary, time.Second)
 	if !ok {
 		t.Fatal("no acknowledgement once p2 was durable")
 	}
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	<-done
 	if seq != 0 || payload[0] != semiSyncIndicator || binary.LittleEndian.Uint64(payload[1:9]) != p2.pos || string(payload[9:]) != p2.file {
 		t.Fatalf("acknowledgement seq %d payload %x: want seq 0, 0xEF, %s", seq, payload, p2)
 	}
@@ -125,12 +123,15 @@ func TestAckerAnswersOnlyWhatIsDurable(t *testing.T) {
 	}
 
 	// A durable point in the next file covers p3.
-	a.madeDurable(binlogPos{"mariadb-bin.000004", 400})
-	go func() { done <- a.answer() }()
+	done = make(chan struct{})
+	go func() { a.madeDurable(binlogPos{"mariadb-bin.000004", 400}); close(done) }()
 	if _, payload, ok = readPacket(t, primary, time.Second); !ok || string(payload[9:]) != p3.file {
 		t.Fatalf("no acknowledgement for %s: %x", p3, payload)
 	}
 	<-done
+	if a.err != nil {
+		t.Fatal(a.err)
+	}
 }
 
 // Store mode takes its durable point from the archiver, and only from
