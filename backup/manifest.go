@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -287,17 +288,30 @@ func ReadSchema(ctx context.Context, st storage.Store, m *Manifest) (*Schema, er
 	return &s, nil
 }
 
+// maxObjectBytes bounds a backup object's stored size: a data object
+// holds backup.chunk_size (at most 1 GiB) of SQL, plus one row, compressed.
+const maxObjectBytes = 2 << 30
+
+// preallocBytes is the most ReadObject allocates before reading.
+const preallocBytes = 64 << 20
+
 // ReadObject reads a whole object of a backup into memory and checks it
 // against both its trailer (the store does) and the manifest's size and
 // digest, so nothing from a damaged or substituted object is ever used.
 func ReadObject(ctx context.Context, st storage.Store, o Object) ([]byte, error) {
+	// The manifest's size comes from the store, as the object does: it
+	// bounds what is read, but never decides an allocation by itself.
+	if o.StoredBytes < 0 || o.StoredBytes > maxObjectBytes {
+		return nil, &storage.ChecksumError{Key: o.Key, Reason: fmt.Sprintf("the manifest records %d stored bytes: an object holds 0 to %d", o.StoredBytes, int64(maxObjectBytes))}
+	}
 	rc, err := st.Get(ctx, o.Key)
 	if err != nil {
 		return nil, err
 	}
 	defer rc.Close()
-	buf := bytes.NewBuffer(make([]byte, 0, o.StoredBytes+bytes.MinRead))
-	if _, err := buf.ReadFrom(rc); err != nil {
+	buf := bytes.NewBuffer(make([]byte, 0, min(o.StoredBytes, preallocBytes)+bytes.MinRead))
+	// One byte more than recorded tells a longer object from an exact one.
+	if _, err := buf.ReadFrom(io.LimitReader(rc, o.StoredBytes+1)); err != nil {
 		return nil, err
 	}
 	b := buf.Bytes()
