@@ -762,8 +762,20 @@ func collectWarnings(ctx context.Context, c *sql.Conn, key string, stmt int64) (
 	return found, rows.Err()
 }
 
-// readLine returns one whole line, however long (one statement).
+// maxStatementBytes bounds one statement of a data object: no server
+// takes a longer one (max_allowed_packet's ceiling is 1 GiB).
+const maxStatementBytes = 1 << 30
+
+// errStatementTooLong is a data object line no server would take.
+var errStatementTooLong = fmt.Errorf("a statement longer than %d bytes (max_allowed_packet's ceiling): not a binvault data object", maxStatementBytes)
+
+// readLine returns one whole line (one statement), of at most
+// maxStatementBytes.
 func readLine(br *bufio.Reader) ([]byte, error) {
+	return readLineMax(br, maxStatementBytes)
+}
+
+func readLineMax(br *bufio.Reader, limit int) ([]byte, error) {
 	line, err := br.ReadSlice('\n')
 	if err == nil {
 		return line, nil
@@ -777,6 +789,9 @@ func readLine(br *bufio.Reader) ([]byte, error) {
 	buf := append([]byte(nil), line...)
 	for {
 		line, err = br.ReadSlice('\n')
+		if len(buf)+len(line) > limit {
+			return nil, errStatementTooLong
+		}
 		buf = append(buf, line...)
 		if err == nil {
 			return buf, nil
