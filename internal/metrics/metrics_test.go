@@ -19,6 +19,7 @@ func TestREADMEListsEveryMetric(t *testing.T) {
 	m.ReplicaBatchTxns.Observe(1)
 	m.ReplicaBatchSeconds.Observe(1)
 	m.ArchiveUploadDuration.Observe(1)
+	m.SemiSyncMode.WithLabelValues("spool").Set(1)
 	families, err := m.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)
