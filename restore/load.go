@@ -150,6 +150,9 @@ type loader struct {
 	binlogOff bool
 	warns     warnings
 	res       Result
+	// prefixes holds, by data object key, how each of its statements
+	// starts: an INSERT into the table its manifest names, and no other.
+	prefixes map[string][]byte
 }
 
 func newLoader(st storage.Store, backupID string, o LoadOptions) *loader {
@@ -309,8 +312,10 @@ func (l *loader) pending(ctx context.Context) ([]backup.Object, error) {
 	}
 	p := l.o.Progress
 	var objs []backup.Object
+	l.prefixes = map[string][]byte{}
 	for _, t := range l.m.Tables {
 		for _, obj := range t.Objects {
+			l.prefixes[obj.Key] = insertPrefix(t)
 			if done[obj.Key] {
 				p.ObjectsDone.Add(1)
 				p.Rows.Add(obj.Rows)
@@ -629,7 +634,25 @@ func (l *loader) objects(ctx context.Context, objs []backup.Object) error {
 	})
 }
 
-var insertPrefix = []byte("INSERT INTO ")
+// insertPrefix is how every statement of a data object of t starts, as
+// backup writes it: INSERT INTO `db`.`table` (columns) VALUES ...
+func insertPrefix(t backup.Table) []byte {
+	return []byte("INSERT INTO " + dbconn.QuoteIdent(t.Database) + "." + dbconn.QuoteIdent(t.Name) + " (")
+}
+
+// checkStatement refuses a data object line that is not one INSERT into
+// the object's own table: whoever can write the bucket must not get a
+// statement of their choosing run (INSERT INTO mysql.global_priv ...).
+// One statement per call: the load connections do not allow several.
+func checkStatement(key string, n int64, line, prefix []byte) error {
+	if prefix == nil {
+		return fmt.Errorf("%s: no table of the backup's manifest names this object", key)
+	}
+	if !bytes.HasPrefix(line, prefix) || !bytes.HasSuffix(line, []byte(";\n")) {
+		return fmt.Errorf("%s: statement %d is not an INSERT into %s: the object holds statements its manifest does not vouch for", key, n, strings.TrimSuffix(strings.TrimPrefix(string(prefix), "INSERT INTO "), " ("))
+	}
+	return nil
+}
 
 // object loads one data object, read whole and verified before its first
 // statement runs.
@@ -695,8 +718,8 @@ func (l *loader) exec(ctx context.Context, c *sql.Conn, obj backup.Object, packe
 		if err != nil {
 			return found, added, fmt.Errorf("%s: %w", obj.Key, err)
 		}
-		if !bytes.HasPrefix(line, insertPrefix) || !bytes.HasSuffix(line, []byte(";\n")) {
-			return found, added, fmt.Errorf("%s: line %d is not an INSERT statement: the object is not a binvault data object", obj.Key, n+1)
+		if err := checkStatement(obj.Key, n+1, line, l.prefixes[obj.Key]); err != nil {
+			return found, added, err
 		}
 		if _, err := c.ExecContext(ctx, string(line[:len(line)-2])); err != nil {
 			return found, added, fmt.Errorf("%s: statement %d: %w", obj.Key, n+1, err)
