@@ -290,17 +290,49 @@ func (f *Feed) openArchived(ctx context.Context, wait bool) error {
 }
 
 func (f *Feed) openSegment(ctx context.Context, seg archive.Segment) error {
-	rc, err := archive.OpenSegment(ctx, f.store, seg)
+	dir := os.TempDir()
+	if f.spool != nil {
+		dir = f.spool.Dir()
+	}
+	file, err := fetchSegment(ctx, f.store, seg, dir)
 	if err != nil {
 		return fmt.Errorf("segment %d from the archive: %w", f.seq, err)
 	}
-	r, err := binlog.NewReader(rc, f.flavor)
+	r, err := binlog.NewReader(file, f.flavor)
 	if err != nil {
-		rc.Close()
+		file.Close()
 		return fmt.Errorf("segment %d from the archive: %w", f.seq, err)
 	}
-	f.r, f.closer, f.seg, f.inSpool = r, rc, seg, false
+	f.r, f.closer, f.seg, f.inSpool = r, file, seg, false
 	return nil
+}
+
+// fetchSegment downloads segment seg whole into an unlinked temporary
+// file in dir and returns it at its start once its content matched the
+// manifest's size and digest (known only at the end): no event of a
+// damaged or forged segment reaches a consumer, as in a restore.
+func fetchSegment(ctx context.Context, st storage.Store, seg archive.Segment, dir string) (*os.File, error) {
+	rc, err := archive.OpenSegment(ctx, st, seg)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	file, err := os.CreateTemp(dir, ".tmp-feed-*.binlog")
+	if err != nil {
+		return nil, err
+	}
+	// Unlinked at once: the open file stays readable, and a crash leaves
+	// nothing behind.
+	os.Remove(file.Name())
+	if _, err := io.Copy(file, rc); err != nil {
+		file.Close()
+		return nil, err
+	}
+	if _, err := file.Seek(0, io.SeekStart); err != nil {
+		file.Close()
+		return nil, err
+	}
+	return file, nil
 }
 
 // indexed finds seq in the index loaded at start.
