@@ -122,6 +122,10 @@ type decision struct {
 	why     string   // why deleted
 }
 
+// maxClockSkew is how far in the future a backup's snapshot time may lie
+// (clocks of the backup's host and prune's differ) before prune refuses.
+const maxClockSkew = 10 * time.Minute
+
 // selectBackups applies the policy to backups (any order) at now; the
 // result is oldest first.
 func selectBackups(ms []*Manifest, p Policy, now time.Time) []decision {
@@ -245,6 +249,15 @@ func Prune(ctx context.Context, st storage.Store, p Policy, now time.Time, dryRu
 	ms, err := List(ctx, st)
 	if err != nil {
 		return nil, fmt.Errorf("list backups: %w", err)
+	}
+	// The newest backups are kept and everything older may go: a manifest
+	// dated in the future would make itself the one kept. Retention does
+	// not guess which backup is genuine; it stops.
+	for _, m := range ms {
+		if m.SnapshotTime.After(now.Add(maxClockSkew)) {
+			return nil, fmt.Errorf("backup %s claims a snapshot at %s, after now (%s): a forged manifest or a clock far off; prune deletes nothing while it is there: examine %s and remove that backup from the store if it is not one of yours",
+				m.ID, m.SnapshotTime.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339), ManifestKey(m.ID))
+		}
 	}
 	ds := selectBackups(ms, p, now)
 	var kept []*Manifest

@@ -570,3 +570,46 @@ func TestPruneWithNoBackupsDeletesNothing(t *testing.T) {
 		t.Fatalf("segments after a prune without backups: %v", err)
 	}
 }
+
+// A forged manifest dated in the future (with a position covering
+// everything) would be kept as the newest backup and let prune delete the
+// genuine ones and every segment: prune refuses, naming it, and deletes
+// nothing, dry run or not.
+func TestPruneRefusesABackupFromTheFuture(t *testing.T) {
+	st, err := file.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	buildArchive(t, st)
+	ctx := context.Background()
+	forged := bk("20271128T120000Z-0f0f0f", -365*24*time.Hour, "0-1-999999")
+	body, _ := encodeJSON(forged)
+	if _, err := st.Put(ctx, ManifestKey(forged.ID), bytes.NewReader(body)); err != nil {
+		t.Fatal(err)
+	}
+	before := digestAll(t, st)
+	for _, dry := range []bool{true, false} {
+		_, err := Prune(ctx, st, Policy{KeepLast: 1}, now0, dry, slog.New(slog.DiscardHandler))
+		if err == nil || !strings.Contains(err.Error(), forged.ID) || !strings.Contains(err.Error(), "after now") {
+			t.Fatalf("dry run %v: err = %v, want a refusal naming %s", dry, err, forged.ID)
+		}
+	}
+	if digestAll(t, st) != before {
+		t.Fatal("prune deleted or changed objects")
+	}
+	// A few minutes ahead is clock skew, not forgery.
+	skewed := bk("20261128T120500Z-0e0e0e", -5*time.Minute, "0-1-545")
+	if _, err := Prune(ctx, st, Policy{KeepLast: 9}, now0, true, nil); err == nil {
+		t.Fatal("the forged backup is still there: want a refusal")
+	}
+	if err := st.Delete(ctx, ManifestKey(forged.ID)); err != nil {
+		t.Fatal(err)
+	}
+	body, _ = encodeJSON(skewed)
+	if _, err := st.Put(ctx, ManifestKey(skewed.ID), bytes.NewReader(body)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Prune(ctx, st, Policy{KeepLast: 9}, now0, true, nil); err != nil {
+		t.Fatalf("a backup 5 minutes ahead: %v", err)
+	}
+}
