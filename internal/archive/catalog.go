@@ -326,8 +326,17 @@ func load(ctx context.Context, st storage.Store, tailOnly bool) (*Index, error) 
 		ix.Requests++
 		ix.Segments = append(ix.Segments, *m)
 	}
+	// A prune always keeps the newest segment, so a floor with no segment
+	// at or above it was not written by a prune: trusting it would show an
+	// empty archive and let the next prune delete every segment as below it.
+	if ix.Floor > 0 && (len(ix.Segments) == 0 || ix.Segments[len(ix.Segments)-1].Seq < ix.Floor) {
+		return nil, fmt.Errorf("%w: %s says every segment below %d is pruned, but the archive holds none at or after it (a prune always keeps the newest segment): the marker is forged or damaged; remove it once you have checked the archive", ErrImpossibleFloor, FloorKey(ix.Floor), ix.Floor)
+	}
 	return ix, nil
 }
+
+// ErrImpossibleFloor: a prune floor marker no prune could have written.
+var ErrImpossibleFloor = errors.New("impossible prune floor")
 
 // tailEntry is one segment of the listing after the catalog.
 type tailEntry struct {

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/binvault/binvault/internal/binlog"
@@ -126,4 +128,31 @@ func TestLoadAndCompactHonourTheFloor(t *testing.T) {
 		t.Fatalf("after the merge: %s", got)
 	}
 	check("after the merge")
+}
+
+// One empty object named catalog/floor-9999999999999999.json used to make
+// every reader see an empty archive (and the next prune delete every
+// segment): a floor above the newest segment is refused, naming it; a
+// floor a prune could have written still hides what is below it.
+func TestLoadRefusesAFloorNoPruneCouldWrite(t *testing.T) {
+	ctx := context.Background()
+	st := testStore(t)
+	writeCat(t, st, 1, 1, 10)
+	if _, err := st.Put(ctx, FloorKey(5), bytes.NewReader(nil)); err != nil {
+		t.Fatal(err)
+	}
+	ix, err := Load(ctx, st, false)
+	if err != nil || len(ix.Segments) != 6 || ix.Segments[0].Seq != 5 {
+		t.Fatalf("a floor at 5 of 1..10: %v, %d segments", err, len(ix.Segments))
+	}
+	forged := FloorKey(9999999999999999)
+	if _, err := st.Put(ctx, forged, bytes.NewReader(nil)); err != nil {
+		t.Fatal(err)
+	}
+	for _, tailOnly := range []bool{false, true} {
+		_, err := Load(ctx, st, tailOnly)
+		if !errors.Is(err, ErrImpossibleFloor) || !strings.Contains(err.Error(), forged) {
+			t.Fatalf("tailOnly %v: err = %v, want an impossible floor naming %s", tailOnly, err, forged)
+		}
+	}
 }
