@@ -10,7 +10,7 @@ RACE_PKGS := ./storage/... ./internal/... ./replicator/... ./backup/... ./restor
 
 export GOFLAGS := -buildvcs=false
 
-.PHONY: all build test test-unit test-e2e lint demo bench chaos setup clean
+.PHONY: all build test test-unit test-e2e lint demo bench chaos fuzz setup clean
 
 all: build
 
@@ -30,7 +30,21 @@ lint:
 test: setup lint build
 	BINVAULT_REQUIRE_SERVERS=1 $(GO) test -count=1 -timeout 20m ./...
 	BINVAULT_REQUIRE_SERVERS=1 $(GO) test -count=1 -race -short -timeout 10m $(RACE_PKGS)
+	$(MAKE) fuzz
 	$(MAKE) chaos ROUNDS=3
+
+# Each fuzz target of the parsers of stored and streamed bytes, for
+# FUZZTIME (a few seconds in make test; longer by hand). A crasher found
+# is written to the package's testdata/fuzz and fails the run: keep it
+# there as a regression case.
+FUZZTIME ?= 3s
+FUZZ_TARGETS := FuzzUnframe:./storage FuzzReader:./internal/binlog FuzzDecodeHeader:./internal/archive \
+	FuzzDDLTarget:./internal/replay FuzzDisableEventOnReplica:./internal/replay FuzzParseStatusVars:./internal/replay
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+		echo "fuzz $${t%%:*} ($(FUZZTIME))"; \
+		$(GO) test -run='^$$' -fuzz="^$${t%%:*}\$$" -fuzztime=$(FUZZTIME) $${t#*:} || exit 1; \
+	done
 
 # The tests that need no server, in seconds: every package but the
 # end-to-end suite, with the real-server tests skipped (BINVAULT_UNIT=1).
